@@ -1,0 +1,1 @@
+"""Qt-free core: configuration, targets, data, models, training, prediction, model files, CLI."""
