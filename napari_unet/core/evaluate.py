@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from skimage.measure import label
 
 from .config import Config
 from .data import TrainingPair
@@ -15,7 +16,7 @@ from .scores import dice_score, iou_score, object_f1, precision_recall
 
 
 def score_labels(pred_labels: np.ndarray, gt_labels: np.ndarray, cfg: Config) -> dict[str, float]:
-    """Foreground Dice, IoU, precision, recall; object F1@0.5 for instance tasks."""
+    """Foreground Dice, IoU, precision, recall; object F1@0.5 (binary: connected components)."""
     if cfg.data.ignore_label is not None:
         valid = gt_labels != cfg.data.ignore_label
         gt_labels = np.where(valid, gt_labels, 0)
@@ -30,6 +31,9 @@ def score_labels(pred_labels: np.ndarray, gt_labels: np.ndarray, cfg: Config) ->
     }
     if cfg.data.task == "instances":
         out["object_f1"] = float(object_f1(pred_labels, gt_labels, 0.5))
+    elif cfg.data.task == "binary":
+        # Objects of a binary mask are its connected components.
+        out["object_f1"] = float(object_f1(label(pred_fg), gt_labels if gt_labels.max() > 1 else label(gt_fg), 0.5))
     return out
 
 
