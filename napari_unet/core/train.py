@@ -100,6 +100,7 @@ def train(
         train_images, train_targets = images, targets
     else:
         train_images, train_targets, val_images, val_targets = split_pairs(images, targets, cfg, cfg.train.seed)
+    val_images, val_targets = _labelled_only(val_images, val_targets)
     keras.utils.set_random_seed(cfg.train.seed)
     strategy = configure_devices(cfg)
     with strategy.scope():
@@ -143,6 +144,7 @@ def finetune(
         train_images, train_targets = images, targets
     else:
         train_images, train_targets, val_images, val_targets = split_pairs(images, targets, cfg, cfg.train.seed)
+    val_images, val_targets = _labelled_only(val_images, val_targets)
     replay_images, replay_targets = (
         bundle_io.load_replay(parent.path) if parent.path is not None else ([], [])
     )
@@ -251,6 +253,7 @@ def _fit(
                 steps_per_epoch=cfg.train.steps_per_epoch,
                 validation_data=val_ds,
                 callbacks=callbacks,
+                shuffle=False,  # the dataset samples patches at random itself
                 verbose=0,
             )
             status = "stopped" if progress.stopped else "done"
@@ -312,8 +315,8 @@ class _Progress(keras.callbacks.Callback):
         self.step = batch + 1
         self._steps_done += 1
         self.epoch_complete = self.step >= self.steps
-        self._check_stop()
         self.emit("batch", logs)
+        self._check_stop()
 
     def on_test_batch_begin(self, batch, logs=None) -> None:
         # Stop during validation too: skip the rest of it (its partial result is not used).
@@ -354,6 +357,14 @@ class _BestWeights(keras.callbacks.Callback):
     def restore(self, model: keras.Model) -> None:
         if self.weights is not None:
             model.set_weights(self.weights)
+
+
+def _labelled_only(
+    images: list[np.ndarray], targets: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Validation images with at least one labelled pixel (sparse labels may leave a strip empty)."""
+    keep = [i for i, t in enumerate(targets) if np.any(t != IGNORE_TARGET)]
+    return [images[i] for i in keep], [targets[i] for i in keep]
 
 
 def _mixed_dataset(

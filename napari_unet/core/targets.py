@@ -1,0 +1,195 @@
+"""Label images <-> training targets, and network probabilities -> label images.
+
+Targets (see docs/architecture.md) are int32 `(H, W)` arrays:
+
+* binary: 0 background, 1 foreground (any label > 0);
+* classes: the label value is the class id `0..n_classes-1`;
+* instances: 0 background, 1 object interior, 2 object boundary. The boundary is the band of
+  `boundary_width` pixels of every object that lies next to another object or to background,
+  so touching objects are separated by their boundaries.
+
+Pixels whose label equals `DataConfig.ignore_label` become `IGNORE_TARGET` (-1).
+Only numpy, scipy and scikit-image are used here (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.morphology import disk
+from skimage.segmentation import relabel_sequential, watershed
+
+from .config import IGNORE_TARGET, Config, DataConfig
+from .errors import InputError
+
+_FOUR_CONNECTED = ndi.generate_binary_structure(2, 1)
+
+
+def labels_to_target(labels: Any, data_cfg: DataConfig) -> np.ndarray:
+    """Turn a 2D label image (any integer or bool dtype) into an int32 training target."""
+    lab = _as_label_array(labels)
+    ignore = _ignore_mask(lab, data_cfg.ignore_label)
+    negative = (lab < 0) & ~ignore
+    if negative.any():
+        bad = np.unique(lab[negative])[:10].tolist()
+        raise InputError(
+            f"Labels contain negative value(s) {bad}; labels must be 0 (background) or positive "
+            "(set data.ignore_label to the value that marks unannotated pixels)."
+        )
+    task = data_cfg.task
+    if task == "binary":
+        target = (lab > 0).astype(np.int32)
+    elif task == "classes":
+        too_big = (lab >= data_cfg.n_classes) & ~ignore
+        if too_big.any():
+            bad = np.unique(lab[too_big])[:10].tolist()
+            raise InputError(
+                f"Labels contain value(s) {bad} but the classes task has n_classes={data_cfg.n_classes} "
+                f"(ids 0..{data_cfg.n_classes - 1}); raise data.n_classes or fix the labels."
+            )
+        target = lab.astype(np.int32)
+    elif task == "instances":
+        target = instance_trimap(lab, data_cfg.boundary_width, ignore)
+    else:
+        raise InputError(f"Unknown task {task!r}; use binary, classes or instances.")
+    target[ignore] = IGNORE_TARGET
+    return target
+
+
+def instance_trimap(labels: np.ndarray, boundary_width: int = 2, ignore: np.ndarray | None = None) -> np.ndarray:
+    """Instance labels -> 0 background / 1 interior / 2 boundary (int32).
+
+    A pixel of an object is boundary when another label (object or background) lies within
+    `boundary_width` pixels (disk footprint). Ignored pixels and the image edge do not make
+    boundaries: an object cut by either is not known to end there.
+    """
+    lab = labels.astype(np.int64, copy=False)
+    if ignore is None:
+        ignore = np.zeros(lab.shape, dtype=bool)
+    footprint = disk(int(boundary_width))
+    # Ignored neighbours must not count: hide them from the max filter (-1) and the min filter (huge).
+    highest = ndi.maximum_filter(np.where(ignore, -1, lab), footprint=footprint, mode="nearest")
+    lowest = ndi.minimum_filter(np.where(ignore, np.iinfo(np.int64).max, lab), footprint=footprint, mode="nearest")
+    foreground = (lab > 0) & ~ignore
+    target = foreground.astype(np.int32)
+    target[foreground & (highest != lowest)] = 2
+    return target
+
+
+def probabilities_to_labels(
+    probs: np.ndarray,
+    cfg: Config,
+    threshold: float | None = None,
+    min_size: int | None = None,
+    split_touching: bool | None = None,
+) -> np.ndarray:
+    """Network output `(H, W, K)` -> int32 label image; defaults come from `cfg.predict`.
+
+    binary: {0, 1} mask of `p > threshold` without components smaller than `min_size`.
+    classes: argmax class ids (threshold and min_size unused).
+    instances: objects 1..N. With `split_touching`, seeds are connected components of
+    `p_interior > threshold` inside the foreground (`1 - p_background > threshold`), grown by
+    watershed over the foreground; foreground components without a seed (objects too thin to
+    have an interior) become objects of their own. Otherwise objects are the connected
+    components of the foreground. Objects smaller than `min_size` are removed.
+    """
+    threshold = cfg.predict.threshold if threshold is None else float(threshold)
+    min_size = cfg.predict.min_size if min_size is None else int(min_size)
+    split_touching = cfg.predict.split_touching if split_touching is None else bool(split_touching)
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim == 2:
+        probs = probs[..., None]
+    if probs.ndim != 3 or probs.shape[-1] != cfg.n_outputs:
+        raise InputError(
+            f"Probabilities have shape {probs.shape}; the {cfg.data.task} task needs (H, W, {cfg.n_outputs})."
+        )
+    task = cfg.data.task
+    if task == "binary":
+        mask = probs[..., 0] > threshold
+        if min_size > 1:
+            mask = _remove_small(ndi.label(mask, structure=_FOUR_CONNECTED)[0], min_size) > 0
+        return mask.astype(np.int32)
+    if task == "classes":
+        return np.argmax(probs, axis=-1).astype(np.int32)
+    foreground = (1.0 - probs[..., 0]) > threshold
+    if split_touching:
+        seeds, n_seeds = ndi.label((probs[..., 1] > threshold) & foreground, structure=_FOUR_CONNECTED)
+        objects = watershed(1.0 - probs[..., 1], markers=seeds, mask=foreground)
+        if n_seeds > 1:
+            objects = _snap_to_nearest_seed(objects, seeds)
+        # Foreground pieces the watershed could not reach from any seed keep their own id.
+        orphans, _ = ndi.label(foreground & (objects == 0), structure=_FOUR_CONNECTED)
+        objects = np.where(orphans > 0, orphans + n_seeds, objects)
+    else:
+        objects, _ = ndi.label(foreground, structure=_FOUR_CONNECTED)
+    if min_size > 1:
+        objects = _remove_small(objects, min_size)
+    return relabel_sequential(objects.astype(np.int32))[0].astype(np.int32)
+
+
+def target_to_probabilities(target: np.ndarray, n_outputs: int) -> np.ndarray:
+    """Ideal network output for a target: one-hot (softmax tasks) or {0, 1} (sigmoid, K=1).
+
+    Ignored pixels become background.
+    """
+    target = np.where(np.asarray(target) < 0, 0, target).astype(np.int64)
+    if n_outputs == 1:
+        return (target > 0).astype(np.float32)[..., None]
+    return np.eye(n_outputs, dtype=np.float32)[np.clip(target, 0, n_outputs - 1)]
+
+
+def target_to_labels(target: np.ndarray, cfg: Config) -> np.ndarray:
+    """Round trip helper: the labels an ideal prediction of `target` gives (threshold 0.5, no size filter)."""
+    probs = target_to_probabilities(target, cfg.n_outputs)
+    return probabilities_to_labels(probs, cfg, threshold=0.5, min_size=0, split_touching=True)
+
+
+def _snap_to_nearest_seed(objects: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Give a pixel to its nearest seed (Euclidean) when it touches that seed's region.
+
+    The watershed breaks ties between equally far seeds by queue order, which puts single
+    pixels at junctions of touching objects on the wrong side; this pass fixes those.
+    """
+    _, (rows, cols) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    nearest = seeds[rows, cols]
+    wrong = (objects > 0) & (nearest != objects)
+    if not wrong.any():
+        return objects
+    padded = np.pad(objects, 1, mode="edge")
+    touches = np.zeros(objects.shape, dtype=bool)
+    for dr, dc in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        touches |= padded[dr : dr + objects.shape[0], dc : dc + objects.shape[1]] == nearest
+    return np.where(wrong & touches, nearest, objects)
+
+
+def _remove_small(objects: np.ndarray, min_size: int) -> np.ndarray:
+    """Zero the objects (non-negative int labels) with fewer than `min_size` pixels."""
+    sizes = np.bincount(objects.ravel())
+    small = sizes < min_size
+    small[0] = False
+    return np.where(small[objects], 0, objects)
+
+
+def _as_label_array(labels: Any) -> np.ndarray:
+    lab = np.asarray(labels)
+    if lab.ndim != 2 or lab.size == 0:
+        raise InputError(f"Labels must be a non-empty 2D array (H, W); got shape {lab.shape}.")
+    if lab.dtype == bool:
+        return lab.astype(np.int64)
+    if np.issubdtype(lab.dtype, np.floating):
+        if not np.all(np.isfinite(lab)) or not np.all(np.mod(lab, 1) == 0):
+            raise InputError(f"Labels must be whole numbers; got non-integer values (dtype {lab.dtype}).")
+        return lab.astype(np.int64)
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise InputError(f"Labels have dtype {lab.dtype}; use an integer label image.")
+    if lab.dtype == np.uint64 and lab.size and lab.max() > np.iinfo(np.int64).max:
+        raise InputError("Label values above 2**63 are not supported; relabel the image.")
+    return lab.astype(np.int64, copy=False)
+
+
+def _ignore_mask(lab: np.ndarray, ignore_label: int | None) -> np.ndarray:
+    if ignore_label is None:
+        return np.zeros(lab.shape, dtype=bool)
+    return lab == int(ignore_label)
