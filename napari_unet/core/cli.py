@@ -147,7 +147,7 @@ def _finetune(args: argparse.Namespace) -> int:
     parent = load_bundle(args.model)
     pairs = _load_pairs(args)
     result = finetune(parent, pairs, on_event=_TerminalProgress(), epochs=args.epochs)
-    path = result.save(parent.path.parent, parent.path.parent.name)
+    path = result.save(parent.path.parent.parent, parent.path.parent.name)
     print(f"new version saved: {path} (parent {parent.path}, kept unchanged)")
     before, after = result.metrics.get("before_dice"), result.metrics.get("dice")
     if before is not None and after is not None:

@@ -95,8 +95,8 @@ def _is_channel_last(shape: tuple[int, ...], in_channels: int | None) -> bool:
         return True
     if in_channels is not None and in_channels > 1:
         return shape[-1] == in_channels or (in_channels == 3 and shape[-1] == 4)
-    if in_channels == 1:
-        return False
+    # A last axis of 3 or 4 on a tall image is colour, even for a one-channel model (which then
+    # gets a clear channel-count error instead of a stack of thin slices).
     return shape[-1] in (3, 4) and shape[0] > 4
 
 

@@ -63,3 +63,8 @@ def test_percentile_normalisation_maps_to_unit_range():
 
 def test_constant_image_normalises_to_zero():
     assert not normalize(np.full((8, 8), 7, np.uint8)).any()
+
+
+def test_rgb_image_for_a_one_channel_model_is_explained():
+    with pytest.raises(InputError, match="3 channel"):
+        as_samples(np.zeros((40, 50, 3), np.uint8), in_channels=1)
