@@ -12,7 +12,7 @@ import os
 import sys
 
 PLUGIN = "napari-unet"
-WIDGETS = ("Train", "Predict")
+WIDGETS = ("Train", "Predict", "Fine-tune")
 
 
 def open_viewer(sample: str = "nuclei"):

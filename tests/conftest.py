@@ -9,6 +9,13 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_unet.widgets._tf import import_tensorflow
+
+# TensorFlow and Mesa's OpenGL (Xvfb) each carry LLVM: a plain `import tensorflow` anywhere in this
+# process (core test modules import it at collection) would crash the viewers of the widget tests.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import_tensorflow()
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NAPARI_UNET_SHARED_DATA", REPO.parent / "shared" / "data"))
 

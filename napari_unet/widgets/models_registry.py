@@ -1,0 +1,177 @@
+"""The session's model list: models trained, fine-tuned or loaded since napari started.
+
+Qt-free and TensorFlow-free: both dock widgets observe one `ModelRegistry` through its psygnal
+`changed` signal. It also holds the fine-tuning set (corrected image/labels pairs waiting for the
+next round) and the record of rounds, so a round that made the model worse can be rolled back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from psygnal import Signal
+
+from napari_unet.core.config import Config
+
+
+@dataclass(eq=False)
+class ModelEntry:
+    """One model version the user can predict with or fine-tune.
+
+    `bundle` is the loaded `core.bundle.ModelBundle` (Keras model in memory), or None until a
+    worker loads it from `path`.
+    """
+
+    name: str
+    version: int | None
+    path: Path | None
+    config: Config
+    metrics: dict[str, float] = field(default_factory=dict)
+    parent: str | None = None
+    source: str = "trained"  # trained, fine-tuned or loaded
+    bundle: Any = None
+
+    @property
+    def label(self) -> str:
+        """`name vN`, as shown in pickers and in prediction layer names."""
+        return f"{self.name} v{self.version}" if self.version is not None else self.name
+
+    @classmethod
+    def from_bundle(cls, bundle: Any, source: str) -> ModelEntry:
+        """Entry for a saved or loaded `ModelBundle` (with `path` and `version` set)."""
+        path = Path(bundle.path) if bundle.path is not None else None
+        meta = getattr(bundle, "metadata", None) or {}
+        name = meta.get("name") or (path.parent.name if path is not None else "model")
+        return cls(
+            name=str(name),
+            version=bundle.version,
+            path=path,
+            config=bundle.config,
+            metrics=dict(bundle.metrics or {}),
+            parent=bundle.parent,
+            source=source,
+            bundle=bundle,
+        )
+
+
+@dataclass
+class CorrectedPair:
+    """A snapshot of an (image, labels) pair taken into the fine-tuning set."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    name: str
+    rgb: bool = False
+
+
+@dataclass
+class Round:
+    """One fine-tuning round: which version it started from, what it produced and with what data."""
+
+    parent: ModelEntry
+    child: ModelEntry
+    pairs: list[CorrectedPair]
+    before_dice: float | None
+    after_dice: float | None
+
+    @property
+    def improved(self) -> bool | None:
+        if self.before_dice is None or self.after_dice is None:
+            return None
+        return self.after_dice >= self.before_dice
+
+
+class ModelRegistry:
+    """Ordered model entries with a current one, a fine-tuning set and the rounds done so far."""
+
+    changed = Signal()
+
+    def __init__(self) -> None:
+        self._entries: list[ModelEntry] = []
+        self._current: ModelEntry | None = None
+        self.pending: list[CorrectedPair] = []
+        self.rounds: list[Round] = []
+
+    # ------------------------------------------------------------------ models
+    @property
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries)
+
+    @property
+    def current(self) -> ModelEntry | None:
+        return self._current
+
+    def add(self, entry: ModelEntry, make_current: bool = True) -> ModelEntry:
+        """Add a model (an entry for the same folder replaces the old one) and maybe select it."""
+        same = self.find(entry.path) if entry.path is not None else None
+        if same is not None:
+            self._entries[self._entries.index(same)] = entry
+            if self._current is same:
+                self._current = entry
+        else:
+            self._entries.append(entry)
+        if make_current or self._current is None:
+            self._current = entry
+        self.changed.emit()
+        return entry
+
+    def set_current(self, entry: ModelEntry | None) -> None:
+        if entry is not None and entry not in self._entries:
+            raise ValueError(f"{entry.label} is not in the model list.")
+        if entry is not self._current:
+            self._current = entry
+            self.changed.emit()
+
+    def find(self, path: Path | str | None) -> ModelEntry | None:
+        if path is None:
+            return None
+        wanted = Path(path).expanduser().resolve()
+        for entry in self._entries:
+            if entry.path is not None and entry.path.expanduser().resolve() == wanted:
+                return entry
+        return None
+
+    # ------------------------------------------------------------------ fine-tuning set
+    def add_pair(self, pair: CorrectedPair) -> None:
+        """Put a corrected pair in the set; a pair with the same name replaces the older snapshot."""
+        self.pending = [p for p in self.pending if p.name != pair.name] + [pair]
+        self.changed.emit()
+
+    def clear_pairs(self) -> None:
+        self.pending = []
+        self.changed.emit()
+
+    def record_round(self, round_: Round) -> None:
+        """Remember a finished round; its pairs now live in the child's replay data."""
+        self.rounds.append(round_)
+        self.pending = []
+        self.add(round_.child, make_current=True)
+
+    def roll_back(self) -> Round:
+        """Make the last round's parent current again and put its pairs back in the set."""
+        if not self.rounds:
+            raise ValueError("No fine-tuning round to roll back.")
+        round_ = self.rounds.pop()
+        names = {p.name for p in round_.pairs}
+        self.pending = list(round_.pairs) + [p for p in self.pending if p.name not in names]
+        if round_.parent not in self._entries:
+            self._entries.append(round_.parent)
+        self._current = round_.parent
+        self.changed.emit()
+        return round_
+
+    def clear(self) -> None:
+        """Forget everything (tests, or a new session)."""
+        self._entries, self._current, self.pending, self.rounds = [], None, [], []
+        self.changed.emit()
+
+
+_SESSION = ModelRegistry()
+
+
+def session_registry() -> ModelRegistry:
+    """The registry shared by all widgets of this Python session."""
+    return _SESSION

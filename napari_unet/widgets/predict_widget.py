@@ -1,0 +1,444 @@
+"""Predict dock widget: run a model on an image layer in the background into a new Labels layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMenu,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+)
+
+from napari_unet.core.config import Config
+from napari_unet.core.errors import InputError, NapariUNetError
+from napari_unet.core.normalize import check_image
+
+from ._base import JobWidget
+from ._checks import LayerArray, check_spatial_layout, model_channels
+from ._jobs import BackgroundJob
+from ._layers import META_KEY, layer_array, placement, unique_name
+from ._notify import report, show_error, show_info
+from ._pickers import LayerPicker
+from ._tasks import PredictOutcome, load_entry, probabilities_to_labels_any, run_prediction
+from .models_registry import ModelEntry, ModelRegistry
+
+#: Post-processing of larger results runs in a worker, smaller ones at once on the GUI thread.
+SYNC_POSTPROCESS_PIXELS = 2_000_000
+NO_MODEL = "No model yet: train one with the Train widget, or load one with Load… (a model folder or .zip)."
+
+
+@dataclass(eq=False)
+class PredictionRecord:
+    """A prediction the widget made: its layers and the probabilities post-processing re-uses."""
+
+    labels_layer: Labels
+    prob_layer: Image | None
+    probabilities: np.ndarray
+    config: Config
+    image_name: str
+    model_label: str
+    edited: bool = False
+
+
+def foreground_probability(probabilities: np.ndarray, cfg: Config) -> np.ndarray:
+    """One probability map to show: p(foreground) for binary, 1 - p(background) otherwise."""
+    if cfg.n_outputs == 1:
+        return probabilities[..., 0]
+    return 1.0 - probabilities[..., 0]
+
+
+class PredictionLayers:
+    """Creates prediction layers (never over an existing one) and tracks whether the user edits them."""
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        self.records: list[PredictionRecord] = []
+        self._writing = False
+
+    def add(
+        self, image: Image, entry: ModelEntry, outcome: PredictOutcome, with_probabilities: bool
+    ) -> PredictionRecord:
+        base = f"{image.name} [{entry.label}]"
+        ndim = outcome.labels.ndim
+        where = placement(image, ndim=ndim)
+        meta = {META_KEY: {"image": image.name, "model": entry.label, "model_path": str(entry.path or "")}}
+        prob_layer = None
+        if with_probabilities:
+            prob_layer = self.viewer.add_image(
+                foreground_probability(outcome.probabilities, entry.config),
+                name=unique_name(self.viewer, f"{base} probability"),
+                colormap="magma",
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                opacity=0.6,
+                metadata=meta,
+                **where,
+            )
+        labels_layer = self.viewer.add_labels(
+            outcome.labels, name=unique_name(self.viewer, base), opacity=0.6, metadata=meta, **where
+        )
+        record = PredictionRecord(
+            labels_layer, prob_layer, outcome.probabilities, entry.config, image.name, entry.label
+        )
+        self._watch(record)
+        self.records.append(record)
+        return record
+
+    def put_labels(self, record: PredictionRecord, labels: np.ndarray) -> Labels:
+        """Show new labels for a record: in place, or in a new layer when the user edited the old one."""
+        layer = record.labels_layer
+        if record.edited or layer not in self.viewer.layers:
+            kept = layer.name
+            new = self.viewer.add_labels(
+                labels,
+                name=unique_name(self.viewer, f"{record.image_name} [{record.model_label}]"),
+                opacity=layer.opacity,
+                metadata=dict(layer.metadata),
+                scale=layer.scale,
+                translate=layer.translate,
+            )
+            record.labels_layer, record.edited = new, False
+            self._watch(record)
+            if kept in {lyr.name for lyr in self.viewer.layers}:
+                show_info(f"Your edits in '{kept}' are kept; the new post-processing went to '{new.name}'.")
+            return new
+        self._writing = True
+        try:
+            layer.data = labels
+        finally:
+            self._writing = False
+        return layer
+
+    def record_for(self, layer: Labels | None) -> PredictionRecord | None:
+        return next((r for r in reversed(self.records) if r.labels_layer is layer), None)
+
+    def _watch(self, record: PredictionRecord) -> None:
+        layer = record.labels_layer
+
+        def mark(_event: Any = None, record: PredictionRecord = record) -> None:
+            if not self._writing and record.labels_layer is layer:
+                record.edited = True
+
+        layer.events.paint.connect(mark)
+        layer.events.data.connect(mark)
+
+
+class PredictWidget(JobWidget):
+    """Pick a model and an image, predict in the background; post-processing re-applies at once."""
+
+    def __init__(self, napari_viewer: Any, registry: ModelRegistry | None = None) -> None:
+        super().__init__(napari_viewer, registry)
+        self.job: BackgroundJob = self.new_job("Prediction")
+        self.load_job: BackgroundJob = self.new_job("Loading a model")
+        self.post_job: BackgroundJob = self.new_job("Post-processing")
+        self.layers = PredictionLayers(napari_viewer)
+        self.status = "idle"
+        self._entries: list[ModelEntry] = []
+        self._image_layer: Image | None = None
+        self._shown_entry: ModelEntry | None = None
+
+        # --- model
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Models trained, fine-tuned or loaded in this session")
+        self.model_combo.setPlaceholderText("(no model yet)")
+        self.model_combo.activated.connect(self._on_model_chosen)
+        load_button = QToolButton()
+        load_button.setText("Load…")
+        load_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(load_button)
+        menu.addAction("Model folder…", self._browse_folder)
+        menu.addAction("Model .zip…", self._browse_zip)
+        load_button.setMenu(menu)
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("or type a model folder / .zip path and press Enter")
+        self.path_edit.returnPressed.connect(lambda: self.load_model(self.path_edit.text()))
+        self.model_info = QLabel()
+        self.model_info.setWordWrap(True)
+        self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(load_button)
+        model_box = QGroupBox("Model")
+        model_form = QFormLayout(model_box)
+        model_form.addRow(model_row)
+        model_form.addRow(self.path_edit)
+        model_form.addRow(self.model_info)
+
+        # --- image and run
+        self.image_picker = self.track_picker(LayerPicker(napari_viewer, Image))
+        self.image_picker.setToolTip("2D image, RGB, stack of 2D images, or a large lazy (dask/zarr) image")
+        self.with_probabilities = QCheckBox("Also add a probability layer")
+        self.predict_button = QPushButton("Predict")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.predict_button.clicked.connect(self.start_prediction)
+        self.stop_button.clicked.connect(self.stop_prediction)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setTextVisible(False)
+        self.progress.setMaximumHeight(12)
+        self.status_label = QLabel("Idle")
+        self.status_label.setWordWrap(True)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.predict_button, 2)
+        buttons.addWidget(self.stop_button, 1)
+        image_box = QGroupBox("Image")
+        image_form = QFormLayout(image_box)
+        image_form.addRow("Image", self.image_picker)
+        image_form.addRow(self.with_probabilities)
+        image_form.addRow(buttons)
+        image_form.addRow(self.progress)
+        image_form.addRow(self.status_label)
+
+        # --- post-processing
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.01, 0.99)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.5)
+        self.min_size = QSpinBox()
+        self.min_size.setRange(0, 10_000_000)
+        self.min_size.setSuffix(" px")
+        self.min_size.setToolTip("Objects smaller than this are removed")
+        self.split_touching = QCheckBox("Split touching objects")
+        self.split_touching.setToolTip("Instances: separate touching objects by watershed from their interiors")
+        post_box = QGroupBox("Post-processing")
+        post_box.setToolTip("Changes re-apply to the last prediction at once, without running the network")
+        post_form = QFormLayout(post_box)
+        post_hint = QLabel("Changes re-apply to the last prediction without running the network.")
+        post_hint.setWordWrap(True)
+        post_form.addRow(post_hint)
+        post_form.addRow("Threshold", self.threshold)
+        post_form.addRow("Minimum size", self.min_size)
+        post_form.addRow(self.split_touching)
+        self._post_timer = QTimer(self)
+        self._post_timer.setSingleShot(True)
+        self._post_timer.setInterval(150)
+        self._post_timer.timeout.connect(self.reapply)
+        for signal in (self.threshold.valueChanged, self.min_size.valueChanged, self.split_touching.toggled):
+            signal.connect(lambda *_: self._post_timer.start())
+
+        for box in (model_box, image_box, post_box):
+            self.body_layout.addWidget(box)
+        self.finish_layout()
+        self._show_model(None)
+        self._on_registry_changed()
+
+    # ------------------------------------------------------------------ models
+    @property
+    def entry(self) -> ModelEntry | None:
+        index = self.model_combo.currentIndex()
+        return self._entries[index] if 0 <= index < len(self._entries) else None
+
+    def _on_registry_changed(self) -> None:
+        self._entries = self.registry.entries
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for entry in self._entries:
+            self.model_combo.addItem(f"{entry.label} ({entry.source})")
+        current = self.registry.current
+        if current in self._entries:
+            self.model_combo.setCurrentIndex(self._entries.index(current))
+        self.model_combo.blockSignals(False)
+        if self.entry is not self._shown_entry:
+            self._show_model(self.entry)
+
+    def _on_model_chosen(self, index: int) -> None:
+        if 0 <= index < len(self._entries):
+            self.registry.set_current(self._entries[index])
+
+    def _show_model(self, entry: ModelEntry | None) -> None:
+        """Describe the chosen model and load its post-processing defaults into the controls."""
+        self._shown_entry = entry
+        if entry is None:
+            self.model_info.setText(NO_MODEL)
+            return
+        cfg = entry.config
+        channels = "RGB" if cfg.data.in_channels == 3 else f"{cfg.data.in_channels} channel(s)"
+        dice = entry.metrics.get("dice")
+        parts = [cfg.data.task, channels]
+        if dice is not None:
+            parts.append(f"validation Dice {dice:.3f}")
+        self.model_info.setText(" · ".join(parts) + (f"\n{entry.path}" if entry.path else ""))
+        self.model_info.setToolTip(str(entry.path or ""))
+        for box, value in (
+            (self.threshold, cfg.predict.threshold),
+            (self.min_size, cfg.predict.min_size),
+        ):
+            box.blockSignals(True)
+            box.setValue(value)
+            box.blockSignals(False)
+        self.split_touching.blockSignals(True)
+        self.split_touching.setChecked(cfg.predict.split_touching)
+        self.split_touching.blockSignals(False)
+        self.split_touching.setEnabled(cfg.data.task == "instances")
+        self.min_size.setEnabled(cfg.data.task != "classes")
+        self.threshold.setEnabled(cfg.data.task != "classes")
+
+    def _browse_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Model folder or version folder (v001…)")
+        if folder:
+            self.load_model(folder)
+
+    def _browse_zip(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Model .zip", "", "Model archives (*.zip)")
+        if path:
+            self.load_model(path)
+
+    def load_model(self, path: str | Path) -> bool:
+        """Load a model folder, version folder or .zip in the background; it becomes the current model."""
+        text = str(path).strip()
+        if not text:
+            show_error("Type the path of a model folder or .zip first.")
+            return False
+        if self.load_job.running:
+            show_info("A model is already loading; wait a moment.")
+            return False
+        self.path_edit.setText(text)
+        self._set_status("loading", f"Loading {text}…")
+        self.run_job(self.load_job, partial(load_entry, Path(text).expanduser()), None, self._on_loaded)
+        return True
+
+    def _on_loaded(self, job: BackgroundJob) -> None:
+        if job.error is not None:
+            self._set_status("idle", "Could not load the model.")
+            report(job.error, "Loading the model")
+            return
+        entry: ModelEntry = job.result
+        self.registry.add(entry, make_current=True)
+        self._set_status("idle", f"Loaded {entry.label}.")
+
+    # ------------------------------------------------------------------ prediction
+    def _set_status(self, status: str, text: str) -> None:
+        self.status = status
+        self.status_label.setText(text)
+
+    def _check_image(self, entry: ModelEntry, image: LayerArray) -> None:
+        check_spatial_layout(image)
+        model_channels(image.channels, entry.config.data.in_channels)
+        if isinstance(image.data, np.ndarray):
+            check_image(image.data, f"Image '{image.name}'")
+
+    def start_prediction(self) -> bool:
+        """What the Predict button does; returns whether a run started."""
+        if self.job.running:
+            show_info("A prediction is already running; wait for it or press Stop.")
+            return False
+        entry, layer = self.entry, self.image_picker.layer()
+        try:
+            if entry is None:
+                raise InputError(NO_MODEL)
+            if layer is None:
+                raise InputError("No image layer is open: open an image (File > Open) and pick it here.")
+            image = layer_array(layer)
+            self._check_image(entry, image)
+        except NapariUNetError as exc:
+            show_error(str(exc))
+            return False
+        self._image_layer = layer
+        self.progress.setValue(0)
+        self._set_status("predicting", f"Predicting {layer.name} with {entry.label}…")
+        self.predict_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.run_job(
+            self.job,
+            partial(run_prediction, entry, image.data, image.rgb),
+            self._on_message,
+            partial(self._on_predicted, entry),
+        )
+        return True
+
+    def stop_prediction(self) -> None:
+        if self.job.running:
+            self.job.stop()
+            self._set_status("stopping", "Stopping…")
+
+    def _on_message(self, item: tuple[str, Any]) -> None:
+        kind, payload = item
+        if kind == "progress":
+            self.progress.setValue(int(round(payload * 1000)))
+
+    def _on_predicted(self, entry: ModelEntry, job: BackgroundJob) -> None:
+        self.predict_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        image = self._image_layer
+        if job.error is not None:
+            from napari_unet.core.predict import PredictionStopped
+
+            if isinstance(job.error, PredictionStopped):
+                self._set_status("stopped", "Prediction stopped; no layer was added.")
+                return
+            self._set_status("crashed", "Prediction failed.")
+            report(job.error, "Prediction")
+            return
+        if image is None or image not in self.viewer.layers:
+            self._set_status("idle", "The image layer was removed while predicting; result dropped.")
+            return
+        outcome: PredictOutcome = job.result
+        self.progress.setValue(1000)
+        record = self.layers.add(image, entry, outcome, self.with_probabilities.isChecked())
+        options = self.postprocess_options(entry.config)
+        if options != _defaults(entry.config):  # the user changed the controls before predicting
+            self.layers.put_labels(record, probabilities_to_labels_any(outcome.probabilities, entry.config, **options))
+        self._set_status("done", f"Added '{record.labels_layer.name}' in {outcome.seconds:.1f} s.")
+
+    # ------------------------------------------------------------------ post-processing
+    @property
+    def last_record(self) -> PredictionRecord | None:
+        return self.layers.records[-1] if self.layers.records else None
+
+    def postprocess_options(self, cfg: Config) -> dict[str, Any]:
+        options: dict[str, Any] = {"threshold": round(self.threshold.value(), 4), "min_size": self.min_size.value()}
+        if cfg.data.task == "instances":
+            options["split_touching"] = self.split_touching.isChecked()
+        return options
+
+    def reapply(self) -> None:
+        """Re-run post-processing on the last prediction's probabilities (no network)."""
+        record = self.last_record
+        if record is None or record.labels_layer not in self.viewer.layers:
+            return
+        options = self.postprocess_options(record.config)
+        pixels = record.probabilities.size // record.probabilities.shape[-1]
+        if pixels <= SYNC_POSTPROCESS_PIXELS:
+            self.layers.put_labels(record, probabilities_to_labels_any(record.probabilities, record.config, **options))
+            return
+        if self.post_job.running:
+            self._post_timer.start()  # try again when the running one is done
+            return
+        self.run_job(
+            self.post_job,
+            lambda _emit, _stop: probabilities_to_labels_any(record.probabilities, record.config, **options),
+            None,
+            partial(self._on_postprocessed, record),
+        )
+
+    def _on_postprocessed(self, record: PredictionRecord, job: BackgroundJob) -> None:
+        if job.error is not None:
+            report(job.error, "Post-processing")
+        elif record.labels_layer in self.viewer.layers or record.edited:
+            self.layers.put_labels(record, job.result)
+
+
+def _defaults(cfg: Config) -> dict[str, Any]:
+    options: dict[str, Any] = {"threshold": round(cfg.predict.threshold, 4), "min_size": cfg.predict.min_size}
+    if cfg.data.task == "instances":
+        options["split_touching"] = cfg.predict.split_touching
+    return options
