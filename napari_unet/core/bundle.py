@@ -33,6 +33,7 @@ import numpy as np
 import tifffile
 
 from .config import Config
+from .paths import ENV_MODEL_DIR, default_model_root  # noqa: F401  (re-exported)
 from .errors import BundleError, ConfigError, InputError
 
 FORMAT_VERSION = 1
@@ -40,7 +41,6 @@ MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 HISTORY_FILE = "history.json"
 REPLAY_DIR = "replay"
-ENV_MODEL_DIR = "NAPARI_UNET_MODEL_DIR"
 
 _VERSION_RE = re.compile(r"^v(\d{3,})$")
 _TEMP_PREFIX = ".saving-"
@@ -95,12 +95,6 @@ class ModelBundle:
 
 
 # ---------------------------------------------------------------- locations and versions
-
-
-def default_model_root() -> Path:
-    """Where models live: ``$NAPARI_UNET_MODEL_DIR`` or ``~/.napari-unet/models``."""
-    env = os.environ.get(ENV_MODEL_DIR)
-    return Path(env).expanduser() if env else Path.home() / ".napari-unet" / "models"
 
 
 def list_versions(model_dir: Path | str) -> list[Path]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import ops
 
 from . import bundle as bundle_io
 from .config import IGNORE_TARGET, Config
@@ -45,6 +47,7 @@ class TrainEvent:
     eta_s: float | None = None
     status: str = "training"  # training, done, stopped, crashed
     message: str = ""
+    model: Any = field(default=None, repr=False, compare=False)  # the model being trained (for previews)
 
     @property
     def fraction(self) -> float:
@@ -151,7 +154,8 @@ def finetune(
     keras.utils.set_random_seed(cfg.train.seed + 1)
     strategy = configure_devices(cfg)
     with strategy.scope():
-        model = keras.models.clone_model(parent.model)
+        # A fresh build, not clone_model: cloning a compiled model trips over its custom loss.
+        model = build_model(cfg)
         model.set_weights(parent.model.get_weights())
     dataset = _mixed_dataset(train_images, train_targets, replay_images, replay_targets, cfg)
     before = evaluate_arrays(parent.model, val_images, val_targets, cfg) if val_images else {}
@@ -247,15 +251,16 @@ def _fit(
         if stop is not None and stop.is_set():
             status = "stopped"
         else:
-            model.fit(
-                dataset,
-                epochs=cfg.train.epochs,
-                steps_per_epoch=cfg.train.steps_per_epoch,
-                validation_data=val_ds,
-                callbacks=callbacks,
-                shuffle=False,  # the dataset samples patches at random itself
-                verbose=0,
-            )
+            with _released_all_reduce_gradients():
+                model.fit(
+                    dataset,
+                    epochs=cfg.train.epochs,
+                    steps_per_epoch=cfg.train.steps_per_epoch,
+                    validation_data=val_ds,
+                    callbacks=callbacks,
+                    shuffle=False,  # the dataset samples patches at random itself
+                    verbose=0,
+                )
             status = "stopped" if progress.stopped else "done"
     except Exception as exc:
         progress.emit("end", status="crashed", message=f"{type(exc).__name__}: {exc}")
@@ -263,6 +268,45 @@ def _fit(
     best.restore(model)
     progress.emit("end", status=status, message=_summary(status, best, progress))
     return progress.history, status, best.best_epoch
+
+
+@contextmanager
+def _released_all_reduce_gradients() -> Iterator[None]:
+    """Drop the gradient functions TensorFlow registers globally while Keras traces a training step.
+
+    The optimizer all-reduces the gradients through `ReplicaContext.all_reduce`, a `@custom_gradient`
+    function that adds an entry to TensorFlow's global gradient registry at every trace and never
+    removes it; the entry keeps the whole traced step graph alive (about 25 MB per run for a tiny
+    U-Net, so repeated train/stop cycles grow without bound; tensorflow#61791, tf-keras#286). That
+    gradient is the gradient of the gradient sum, which nothing computes, so removing it after `fit`
+    is safe even while another thread traces. Without the private registry this does nothing.
+    """
+    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    before = set(registry) if isinstance(registry, dict) else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            for name in set(registry) - before:
+                entry = registry.get(name)
+                if isinstance(entry, dict) and _made_by_all_reduce(entry.get("type")):
+                    registry.pop(name, None)
+
+
+def _made_by_all_reduce(fn: Any, depth: int = 0) -> bool:
+    """Whether a registered gradient function is (or wraps) the one `ReplicaContext.all_reduce` defines."""
+    if depth > 4 or not callable(fn):
+        return False
+    if "all_reduce" in getattr(fn, "__qualname__", ""):
+        return True
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if _made_by_all_reduce(value, depth + 1):
+            return True
+    return False
 
 
 def _summary(status: str, best: _BestWeights, progress: _Progress) -> str:
@@ -296,7 +340,9 @@ class _Progress(keras.callbacks.Callback):
         eta = elapsed / self._steps_done * remaining if self._steps_done and status == "training" else None
         clean = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v) or np.ndim(v) == 0}
         self.on_event(
-            TrainEvent(kind, self.epoch, self.epochs, self.step, self.steps, clean, elapsed, eta, status, message)
+            TrainEvent(
+                kind, self.epoch, self.epochs, self.step, self.steps, clean, elapsed, eta, status, message, self.model
+            )
         )
 
     def _check_stop(self) -> None:

@@ -72,30 +72,8 @@ class _EventForwarder:
         self._last = now
         self.emit(("event", event))
         if event.kind == "epoch" and self.preview is not None:
-            model = _reporting_model(event)
-            if model is not None:
-                self.emit(("preview", preview_labels(model, self.preview, self.cfg)))
-
-
-def _reporting_model(event: Any) -> Any:
-    """The Keras model being trained.
-
-    `core.train.TrainEvent` does not carry the model; the Keras callback that calls `on_event`
-    (a frame or two up this thread's stack) holds it as `self.model`.
-    """
-    model = getattr(event, "model", None)
-    if model is not None:
-        return model
-    frame = sys._getframe(1)
-    for _ in range(6):
-        if frame is None:
-            break
-        owner = frame.f_locals.get("self")
-        candidate = getattr(owner, "model", None)
-        if candidate is not None and hasattr(candidate, "predict"):
-            return candidate
-        frame = frame.f_back
-    return None
+            if event.model is not None:
+                self.emit(("preview", preview_labels(event.model, self.preview, self.cfg)))
 
 
 def preview_labels(model: Any, preview: Preview, cfg: Config) -> np.ndarray:
@@ -290,11 +268,3 @@ def load_entry(path: Path, emit: Emit, stop: threading.Event) -> ModelEntry:
     from napari_unet.core.bundle import load_bundle
 
     return ModelEntry.from_bundle(load_bundle(path), "loaded")
-
-
-def default_model_root() -> Path:
-    """`core.bundle.default_model_root()` without importing it (it imports Keras, which takes seconds)."""
-    import os
-
-    env = os.environ.get("NAPARI_UNET_MODEL_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".napari-unet" / "models"

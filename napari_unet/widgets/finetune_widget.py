@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet.core.errors import InputError, NapariUNetError
+from napari_unet.core.paths import default_model_root
 
 from ._base import JobWidget
 from ._checks import PatchTooLargeError, model_channels, training_arrays
@@ -27,7 +28,7 @@ from ._layers import META_KEY, layer_array
 from ._monitor import TrainingMonitor
 from ._notify import report, show_error, show_info, show_warning
 from ._pickers import LayerPicker
-from ._tasks import PredictOutcome, TrainOutcome, default_model_root, preview_plane, run_finetune, run_prediction
+from ._tasks import PredictOutcome, TrainOutcome, preview_plane, run_finetune, run_prediction
 from .models_registry import CorrectedPair, ModelEntry, ModelRegistry, Round
 from .predict_widget import PredictionLayers
 

@@ -23,6 +23,8 @@ from qtpy.QtWidgets import (
 
 from napari_unet.core.errors import InputError, NapariUNetError
 
+from napari_unet.core.paths import default_model_root
+
 from ._base import JobWidget
 from ._checks import (
     LayerArray,
@@ -39,7 +41,7 @@ from ._monitor import TrainingMonitor
 from ._notify import offer, report, show_error, show_info
 from ._pickers import LayerPicker
 from ._settings import TrainingSettings
-from ._tasks import TrainOutcome, default_model_root, preview_plane, run_training
+from ._tasks import TrainOutcome, preview_plane, run_training
 from .models_registry import CorrectedPair, ModelRegistry
 
 NO_LAYERS = (

@@ -49,13 +49,3 @@ def test_rounds_and_roll_back(tmp_path):
     assert [p.name for p in registry.pending] == ["img + fixed"]
     with pytest.raises(ValueError):
         registry.roll_back()
-
-
-def test_default_model_root_matches_the_core(monkeypatch, tmp_path):
-    from napari_unet.core.bundle import default_model_root
-    from napari_unet.widgets._tasks import default_model_root as widgets_root
-
-    monkeypatch.delenv("NAPARI_UNET_MODEL_DIR", raising=False)
-    assert widgets_root() == default_model_root()
-    monkeypatch.setenv("NAPARI_UNET_MODEL_DIR", str(tmp_path))
-    assert widgets_root() == default_model_root() == tmp_path
