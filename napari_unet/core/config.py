@@ -24,12 +24,12 @@ IGNORE_TARGET = -1
 
 @dataclass
 class ModelConfig:
-    """U-Net architecture."""
+    """U-Net architecture. The defaults are the "Fast (CPU)" preset measured in docs/benchmarks.md."""
 
     architecture: str = "unet"  # "unet" or "mobilenetv2" (pretrained encoder, 3 input channels)
-    depth: int = 3  # number of poolings
-    base_filters: int = 16  # doubled at every level
-    batch_norm: bool = True
+    depth: int = 4  # number of poolings
+    base_filters: int = 8  # doubled at every level
+    batch_norm: bool = False
     dropout: float = 0.0  # in the two deepest blocks
     upsampling: str = "transpose"  # "transpose" (Conv2DTranspose) or "bilinear" (UpSampling2D + conv)
     encoder_weights: str | None = None  # local weights file for the mobilenetv2 encoder
@@ -47,7 +47,7 @@ class DataConfig:
     boundary_width: int = 2  # "instances": width of the boundary class in pixels
     norm_low: float = 1.0  # percentiles for per-image normalisation
     norm_high: float = 99.8
-    patch_size: int = 128
+    patch_size: int = 256
     foreground_fraction: float = 0.5  # share of patches centred on a foreground pixel
     flips: bool = True
     rotations: bool = True  # 90-degree rotations
@@ -62,8 +62,8 @@ class TrainConfig:
     """Optimisation."""
 
     epochs: int = 20
-    steps_per_epoch: int = 50
-    batch_size: int = 8
+    steps_per_epoch: int = 40
+    batch_size: int = 4
     learning_rate: float = 1e-3
     loss: str = "auto"  # "auto": bce_dice for binary, cce_dice otherwise
     class_weights: list[float] | None = None
@@ -79,8 +79,8 @@ class TrainConfig:
 class PredictConfig:
     """Tiling and post-processing, saved with the model as its defaults."""
 
-    tile_size: int = 512
-    overlap: int = 64  # context on each side of a tile; at least the network's halo for exact tiling
+    tile_size: int = 1024
+    overlap: int = 112  # context on each side of a tile; raised to the network's halo when smaller
     batch_size: int = 4
     threshold: float = 0.5
     min_size: int = 0  # objects smaller than this (pixels) are removed

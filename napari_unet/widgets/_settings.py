@@ -22,7 +22,7 @@ from napari_unet.core.errors import ConfigError
 
 #: Presets: "Fast (CPU)" trains a first model in about a minute on a 2-core laptop CPU.
 PRESETS: dict[str, dict[str, int]] = {
-    "Fast (CPU)": {"depth": 3, "filters": 16, "patch": 128, "batch": 8, "epochs": 8, "steps": 40},
+    "Fast (CPU)": {"depth": 4, "filters": 8, "patch": 256, "batch": 4, "epochs": 8, "steps": 40},
     "Quality (GPU)": {"depth": 4, "filters": 32, "patch": 256, "batch": 8, "epochs": 50, "steps": 100},
 }
 CUSTOM = "Custom"
@@ -59,10 +59,10 @@ class TrainingSettings(QWidget):
         self.preset.addItems([*PRESETS, CUSTOM])
         self.preset.setToolTip("Fast (CPU): a first model in about a minute. Quality (GPU): bigger, longer.")
 
-        self.depth = _spin(1, 6, 3, tip="Number of poolings; each needs the patch size to double.")
-        self.filters = _spin(1, 512, 16, tip="Filters of the first level, doubled at every level.")
-        self.patch = _spin(16, 2048, 128, step=16, tip="Side of the square training patches, in pixels.")
-        self.batch = _spin(1, 512, 8, tip="Patches per training step.")
+        self.depth = _spin(1, 6, 4, tip="Number of poolings; each needs the patch size to double.")
+        self.filters = _spin(1, 512, 8, tip="Filters of the first level, doubled at every level.")
+        self.patch = _spin(16, 2048, 256, step=16, tip="Side of the square training patches, in pixels.")
+        self.batch = _spin(1, 512, 4, tip="Patches per training step.")
         self.epochs = _spin(1, 10000, 8)
         self.steps = _spin(1, 100000, 40, tip="Training steps (batches) per epoch.")
         self.loss = QComboBox()

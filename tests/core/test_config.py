@@ -28,7 +28,7 @@ def test_outputs_and_default_loss_follow_the_task(task, n_classes, outputs, loss
     ("sections", "fragment"),
     [
         ({"data": {"task": "semantic"}}, "data.task"),
-        ({"data": {"patch_size": 100}}, "multiple of 8"),
+        ({"data": {"patch_size": 100}}, "multiple of 16"),
         ({"model": {"depth": 0}}, "model.depth"),
         ({"train": {"class_weights": [1.0, 2.0, 3.0]}}, "class_weights"),
         ({"train": {"loss": "cce"}}, "Categorical losses"),

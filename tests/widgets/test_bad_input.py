@@ -54,14 +54,14 @@ def test_image_smaller_than_a_patch_offers_a_smaller_patch(viewer, nuclei_sample
     image, labels = nuclei_sample
     viewer.add_image(image[:40, :52], name="small")
     viewer.add_labels(labels[:40, :52], name="small labels")
-    train = dock(viewer, "Train")  # Fast (CPU) preset: 128-pixel patches, depth 3
+    train = dock(viewer, "Train")  # Fast (CPU) preset: 256-pixel patches, depth 4
     assert not _press_train(train)
-    offer = [n for n in notes if "smaller than the 128-pixel training patch" in n.message]
-    assert offer and "patch size of 40" in offer[0].message
+    offer = [n for n in notes if "smaller than the 256-pixel training patch" in n.message]
+    assert offer and "patch size of 32" in offer[0].message
     ((text, action),) = offer[0].actions
-    assert text == "Use 40-pixel patches"
+    assert text == "Use 32-pixel patches"
     action(None)  # the user presses the button on the notification
-    assert train.settings.patch.value() == 40
+    assert train.settings.patch.value() == 32
 
 
 def test_float_image_with_nans(viewer, nuclei_sample, dock, messages):

@@ -1,0 +1,61 @@
+"""Keeps the benchmark scripts from rotting: a --quick run of the cheap ones, and the results writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks/ is not an installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks._common import Report, check_target  # noqa: E402
+from benchmarks.run_all import BEGIN, END, render_results, write_docs  # noqa: E402
+
+
+def test_quick_run_of_startup_and_tiling(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    docs_before = (REPO / "docs" / "benchmarks.md").read_text() if (REPO / "docs" / "benchmarks.md").exists() else None
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--skip-gui", "--only", "startup,tiling"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = out.stdout.split("== summary", 1)[1]
+    assert "FAILED" not in summary and "skipped" not in summary
+    # TensorFlow stays out of `import napari_unet`, and tiling reproduces whole-image prediction.
+    assert "TensorFlow/Keras modules loaded" in summary
+    for line in summary.splitlines():
+        if "TensorFlow/Keras modules loaded" in line or "max |p_tiled - p_whole|" in line:
+            assert line.rstrip().endswith("met"), line
+    assert "dask -> zarr: peak RSS" in summary
+    # --quick never rewrites the recorded results.
+    after = (REPO / "docs" / "benchmarks.md").read_text() if docs_before is not None else None
+    assert after == docs_before
+
+
+def test_targets_are_checked():
+    assert check_target(0.91, ">= 0.9") is True
+    assert check_target(0.89, ">= 0.9") is False
+    assert check_target(5000, "< 4096 MiB") is False and check_target(99.0, "< 100 ms") is True
+    assert check_target(0.0, "<= 0") is True
+    assert check_target(1.0, "") is None and check_target("3 of 4", "> 0") is None
+
+
+def test_docs_section_is_replaced_and_prose_kept(tmp_path):
+    report = Report("throughput", date="2099-01-01 00:00 UTC", machine={"device": "cpu", "cpu": "Test CPU", "cores": 2})
+    report.add("ratio ours / plain", 0.95, "", ">= 0.9")
+    results = {"cpu": {"throughput": json.loads(json.dumps(report.to_dict()))}}
+    text = render_results(results)
+    assert "| throughput | ratio ours / plain | >= 0.9 | 0.950 | yes | pending |  |" in text
+    assert "| throughput | ratio ours / plain | 0.950 | pending | >= 0.9 |" in text
+    assert "Test CPU" in text and "GPU machine:** pending" in text
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\nProse before.\n\n{BEGIN}\nold table\n{END}\n\nProse after.\n")
+    write_docs(results, doc)
+    written = doc.read_text()
+    assert "old table" not in written and "Prose before." in written and "Prose after." in written
+    assert written.count(BEGIN) == 1 and "ratio ours / plain" in written
