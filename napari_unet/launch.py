@@ -12,7 +12,7 @@ import os
 import sys
 
 PLUGIN = "napari-unet"
-WIDGETS = ("Train", "Predict", "Fine-tune")
+WIDGETS = ("Train", "Predict", "Fine-tune", "Review")
 
 
 def open_viewer(sample: str = "nuclei"):
@@ -21,8 +21,14 @@ def open_viewer(sample: str = "nuclei"):
 
     viewer = napari.Viewer(title="napari-unet")
     viewer.open_sample(PLUGIN, sample)
-    for name in WIDGETS:
-        viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
+    docks = [viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)[0] for name in WIDGETS]
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, docks[0].raise_)  # the loop starts with Train (once tabs exist)
+    qt_window = viewer.window._qt_window  # napari has no public API for the window size
+    screen = qt_window.screen().availableGeometry()
+    qt_window.resize(min(1600, screen.width()), min(1000, screen.height()))
+    viewer.reset_view()
     return viewer
 
 
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             viewer.close()
 
     if args.screenshot or args.exit_after_show:
-        QTimer.singleShot(1500, after_show)
+        QTimer.singleShot(1500, lambda: (viewer.reset_view(), QTimer.singleShot(300, after_show)))
     napari.run()
     return 0
 

@@ -26,7 +26,8 @@ def test_import_does_not_load_tensorflow_or_qt():
 
 def test_widget_modules_do_not_load_tensorflow():
     code = (
-        "import sys, napari_unet.widgets.train_widget, napari_unet.widgets.predict_widget;"
+        "import sys, napari_unet.widgets.train_widget, napari_unet.widgets.predict_widget,"
+        " napari_unet.widgets.finetune_widget, napari_unet.widgets.review_widget;"
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -66,7 +67,7 @@ def test_readme_command_one_opens_napari(tmp_path):
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
-    assert "widgets Train, Predict docked" in out or "docked" in out
+    assert "widgets Train, Predict, Fine-tune, Review docked" in out
     assert "window shown" in out
     import imageio.v3 as iio
 
