@@ -51,7 +51,9 @@ def test_widgets_dock_from_the_manifest(make_napari_viewer):
     viewer.open_sample(PLUGIN, "nuclei")
     for name in WIDGETS:
         dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-        assert widget is not None and dock.isVisible()
+        assert dock.widget() is not None and widget is not None
+    docked = list(viewer.window.dock_widgets)
+    assert all(any(name in title for title in docked) for name in WIDGETS), docked
     shot = viewer.screenshot(canvas_only=False)
     assert shot.ndim == 3 and shot.shape[0] > 200 and shot.shape[1] > 400
     assert np.std(shot[..., :3]) > 5, "screenshot is blank"

@@ -34,8 +34,10 @@ TOL = 1e-3
 
 @pytest.fixture(scope="module")
 def cfg() -> Config:
-    """Untrained small U-Net (depth 3, 8 filters, batch norm) with the default tiling (512 px, 64 overlap)."""
-    return Config().replace(model={"depth": 3, "base_filters": 8, "batch_norm": True})
+    """Untrained small U-Net (depth 3, 8 filters, batch norm) tiled in 512 px tiles with 64 px overlap."""
+    return Config().replace(
+        model={"depth": 3, "base_filters": 8, "batch_norm": True}, predict={"tile_size": 512, "overlap": 64}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +224,9 @@ class _SpyArray:
 
 
 def test_dask_equals_in_memory_and_reads_chunkwise():
-    cfg = Config().replace(model={"depth": 3, "base_filters": 4, "batch_norm": True})
+    cfg = Config().replace(
+        model={"depth": 3, "base_filters": 4, "batch_norm": True}, predict={"tile_size": 512, "overlap": 64}
+    )
     keras.utils.set_random_seed(4)
     model = build_model(cfg)
     image = _smooth_image((2048, 2048), seed=5, scale=3000, offset=200).astype(np.uint16)
