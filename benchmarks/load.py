@@ -232,7 +232,7 @@ def run(quick: bool = False) -> Report:
     report.add(f"{label}: that, as a share of one float32 copy of the image", delta / pred["image_float32_bytes"], "",
                "< 0.25")  # fmt: skip
     report.note(
-        f"prediction: da.random input in 2048-px chunks, never materialised; {pred['chunks'][0]}x{pred['chunks'][1]} "
+        f"prediction: da.random input in 1024-px chunks, never materialised; {pred['chunks'][0]}x{pred['chunks'][1]} "
         f"output chunks of {pred['chunk']} px (tile {tile}, threaded scheduler with 2 workers), reduced to the "
         f"foreground fraction ({pred['foreground_fraction']:.3f})"
     )

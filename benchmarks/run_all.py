@@ -28,7 +28,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks._common import REPO, Report, Row, describe_load
 
-BENCHMARKS: tuple[str, ...] = ("startup", "throughput", "tiling", "quality", "hitl", "gui_responsiveness")
+BENCHMARKS: tuple[str, ...] = (
+    "startup", "throughput", "tiling", "quality", "hitl", "gui_responsiveness", "load", "uncertainty_ranking",
+)
 GUI_BENCHMARKS = frozenset({"gui_responsiveness"})
 BENCH_DIR = REPO / "benchmarks"
 RESULTS = BENCH_DIR / "results.json"

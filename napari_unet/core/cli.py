@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .config import Config
-from .errors import NapariUNetError
+from .errors import InputError, NapariUNetError
 from .io import list_images, pair_files, read_image, write_labels
 
 
@@ -147,12 +148,20 @@ def _finetune(args: argparse.Namespace) -> int:
     parent = load_bundle(args.model)
     pairs = _load_pairs(args)
     result = finetune(parent, pairs, on_event=_TerminalProgress(), epochs=args.epochs)
-    path = result.save(parent.path.parent.parent, parent.path.parent.name)
+    path = result.save(*_finetune_location(parent))
     print(f"new version saved: {path} (parent {parent.path}, kept unchanged)")
     before, after = result.metrics.get("before_dice"), result.metrics.get("dice")
     if before is not None and after is not None:
         print(f"validation dice: {before:.4f} -> {after:.4f}")
     return 0
+
+
+def _finetune_location(parent: Any) -> tuple[Path, str]:
+    """(root, name) of a fine-tuned child: beside the parent's versions, or beside its .zip."""
+    path = Path(parent.path)
+    if path.is_dir() and re.fullmatch(r"v\d{3,}", path.name):
+        return path.parent.parent, path.parent.name
+    return path.parent, str(parent.metadata.get("name") or path.stem)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -168,7 +177,10 @@ def _predict(args: argparse.Namespace) -> int:
     files = list_images(args.images)
     for path in tqdm(files, unit="image", desc="predicting"):
         image = read_image(path)
-        result = predict_image(bundle.model, image, cfg)
+        try:
+            result = predict_image(bundle.model, image, cfg)
+        except InputError as exc:  # say which file: the core only sees an array
+            raise InputError(f"{path.name}: {exc}") from exc
         write_labels(args.out / f"{path.stem}.tif", result.labels)
         if args.probabilities:
             write_labels(args.out / f"{path.stem}_prob.tif", result.probabilities.astype(np.float32))

@@ -48,7 +48,10 @@ def prepare_pairs(pairs: Sequence[TrainingPair], cfg: Config) -> tuple[list[np.n
     images, targets, names = [], [], []
     for pair in pairs:
         samples, label_list = as_samples(pair.image, pair.labels, d.in_channels, pair.name)
-        pair_targets = [labels_to_target(lab, d) for lab in label_list]
+        try:
+            pair_targets = [labels_to_target(lab, d) for lab in label_list]
+        except InputError as exc:  # say which pair: the target functions only see arrays
+            raise InputError(f"labels of {pair.name!r}: {exc}") from exc
         if not any(np.any(t > 0) for t in pair_targets):
             raise InputError(
                 f"labels layer {pair.name!r} has no labelled pixels (only background or ignored); "
