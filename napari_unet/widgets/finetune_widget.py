@@ -28,7 +28,7 @@ from ._layers import META_KEY, layer_array
 from ._monitor import TrainingMonitor
 from ._notify import report, show_error, show_info, show_warning
 from ._pickers import LayerPicker
-from ._tasks import PredictOutcome, TrainOutcome, preview_plane, run_finetune, run_prediction
+from ._tasks import PredictOutcome, TrainOutcome, run_finetune, run_prediction
 from .models_registry import CorrectedPair, ModelEntry, ModelRegistry, Round
 from .predict_widget import PredictionLayers
 
@@ -179,17 +179,13 @@ class FinetuneWidget(JobWidget):
             return False
         self._parent = entry
         self._round_pairs = list(self.registry.pending)
-        preview_source = self.image_picker.layer()
-        preview = None
-        if preview_source is not None:
-            arr = layer_array(preview_source)
-            preview = preview_plane(arr.data, arr.rgb) if len(arr.spatial_shape) == 2 else None
         self.monitor.begin()
         self.result_label.setText(f"Fine-tuning {entry.label} on {len(self._round_pairs)} corrected image(s)…")
         self._set_running(True)
         self.run_job(
             self.job,
-            partial(run_finetune, entry, self._round_pairs, self.epochs.value(), default_model_root(), preview),
+            # No per-epoch preview: the image is re-predicted once the round ends.
+            partial(run_finetune, entry, self._round_pairs, self.epochs.value(), default_model_root(), None),
             lambda item: self.monitor.show(*item),
             self._on_finished,
         )

@@ -221,3 +221,14 @@ def test_real_nuclei_pipeline_end_to_end(nuclei_pairs):
     x, y = next(make_train_dataset(tr_x, tr_y, cfg, seed=0).as_numpy_iterator())
     assert x.shape == (4, 64, 64, 1) and np.all(y.reshape(4, -1).max(axis=1) > 0)
     assert sum(len(b[0]) for b in make_val_dataset(va_x, va_y, cfg)) > 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_region_split_keeps_foreground_in_the_validation_strip(seed):
+    """Objects only near one end (like lungs above an abdomen): validation must still see some."""
+    target = np.zeros((100, 60), np.int32)
+    target[5:30, 10:50] = 1
+    image = np.random.default_rng(seed).random((100, 60, 1)).astype(np.float32)
+    cfg = Config().replace(data={"val_mode": "region", "val_fraction": 0.2})
+    _, train_t, _, val_t = split_pairs([image], [target], cfg, seed)
+    assert np.count_nonzero(val_t[0]) > 0 and np.count_nonzero(train_t[0]) > 0
