@@ -97,13 +97,7 @@ def train(
 ) -> TrainResult:
     """Train a new model on (image, labels) pairs; stops early on request, keeping the best weights."""
     cfg.validate()
-    images, targets, names = prepare_pairs(pairs, cfg)
-    if val_pairs:
-        val_images, val_targets, _ = prepare_pairs(val_pairs, cfg)
-        train_images, train_targets = images, targets
-    else:
-        train_images, train_targets, val_images, val_targets = split_pairs(images, targets, cfg, cfg.train.seed)
-    val_images, val_targets = _labelled_only(val_images, val_targets)
+    train_images, train_targets, val_images, val_targets = _training_data(pairs, val_pairs, cfg)
     keras.utils.set_random_seed(cfg.train.seed)
     strategy = configure_devices(cfg)
     with strategy.scope():
@@ -141,13 +135,7 @@ def finetune(
     cfg = parent.config
     if epochs is not None:
         cfg = cfg.replace(train={"epochs": int(epochs)})
-    images, targets, _ = prepare_pairs(new_pairs, cfg)
-    if val_pairs:
-        val_images, val_targets, _ = prepare_pairs(val_pairs, cfg)
-        train_images, train_targets = images, targets
-    else:
-        train_images, train_targets, val_images, val_targets = split_pairs(images, targets, cfg, cfg.train.seed)
-    val_images, val_targets = _labelled_only(val_images, val_targets)
+    train_images, train_targets, val_images, val_targets = _training_data(new_pairs, val_pairs, cfg)
     replay_images, replay_targets = (
         bundle_io.load_replay(parent.path) if parent.path is not None else ([], [])
     )
@@ -403,6 +391,20 @@ class _BestWeights(keras.callbacks.Callback):
     def restore(self, model: keras.Model) -> None:
         if self.weights is not None:
             model.set_weights(self.weights)
+
+
+def _training_data(
+    pairs: Sequence[TrainingPair], val_pairs: Sequence[TrainingPair] | None, cfg: Config
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Normalised images and targets for training and validation (given, or split off the pairs)."""
+    images, targets, _ = prepare_pairs(pairs, cfg)
+    if val_pairs:
+        val_images, val_targets, _ = prepare_pairs(val_pairs, cfg)
+        train_images, train_targets = images, targets
+    else:
+        train_images, train_targets, val_images, val_targets = split_pairs(images, targets, cfg, cfg.train.seed)
+    val_images, val_targets = _labelled_only(val_images, val_targets)
+    return train_images, train_targets, val_images, val_targets
 
 
 def _labelled_only(
