@@ -33,7 +33,7 @@ import numpy as np
 import tifffile
 
 from .config import Config
-from .paths import ENV_MODEL_DIR, default_model_root  # noqa: F401  (re-exported)
+from .paths import ENV_MODEL_DIR, check_model_name, default_model_root  # noqa: F401  (re-exported)
 from .errors import BundleError, ConfigError, InputError
 
 FORMAT_VERSION = 1
@@ -212,12 +212,10 @@ def save_bundle(
 
 
 def _check_name(name: str) -> None:
-    bad = set('<>:"/\\|?*') | {"\0"}
-    if not name or name.strip() != name or name.startswith(".") or any(c in bad for c in name):
-        raise BundleError(
-            f"Model name {name!r} cannot be used as a folder name; use letters, digits, '-', '_' or '.' "
-            "(not at the start)."
-        )
+    try:
+        check_model_name(name)
+    except InputError as exc:
+        raise BundleError(str(exc)) from exc
 
 
 def _next_version(model_dir: Path) -> int:

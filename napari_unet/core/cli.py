@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 from .config import Config
 from .errors import InputError, NapariUNetError
 from .io import list_images, pair_files, read_image, write_labels
+from .paths import child_location
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,20 +148,15 @@ def _finetune(args: argparse.Namespace) -> int:
     parent = load_bundle(args.model)
     pairs = _load_pairs(args)
     result = finetune(parent, pairs, on_event=_TerminalProgress(), epochs=args.epochs)
-    path = result.save(*_finetune_location(parent))
+    # A version folder's child goes beside it; a .zip export's child goes beside the zip.
+    fallback_name = str(parent.metadata.get("name") or Path(parent.path).stem)
+    root, name = child_location(parent.path, Path(parent.path).parent, fallback_name)
+    path = result.save(root, name)
     print(f"new version saved: {path} (parent {parent.path}, kept unchanged)")
     before, after = result.metrics.get("before_dice"), result.metrics.get("dice")
     if before is not None and after is not None:
         print(f"validation dice: {before:.4f} -> {after:.4f}")
     return 0
-
-
-def _finetune_location(parent: Any) -> tuple[Path, str]:
-    """(root, name) of a fine-tuned child: beside the parent's versions, or beside its .zip."""
-    path = Path(parent.path)
-    if path.is_dir() and re.fullmatch(r"v\d{3,}", path.name):
-        return path.parent.parent, path.parent.name
-    return path.parent, str(parent.metadata.get("name") or path.stem)
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+from .errors import InputError
 
 ENV_MODEL_DIR = "NAPARI_UNET_MODEL_DIR"
 
@@ -12,3 +15,20 @@ def default_model_root() -> Path:
     """Where models live: ``$NAPARI_UNET_MODEL_DIR`` or ``~/.napari-unet/models``."""
     env = os.environ.get(ENV_MODEL_DIR)
     return Path(env).expanduser() if env else Path.home() / ".napari-unet" / "models"
+
+
+def check_model_name(name: str) -> None:
+    """Raise InputError when `name` cannot be a model folder name (checked before any training)."""
+    bad = set('<>:"/\\|?*') | {"\0"}
+    if not name or name.strip() != name or name.startswith(".") or any(c in bad for c in name):
+        raise InputError(
+            f"Model name {name!r} cannot be used as a folder name; use letters, digits, '-', '_' or '.' "
+            "(not at the start)."
+        )
+
+
+def child_location(parent_path: Path | None, fallback_root: Path, name: str) -> tuple[Path, str]:
+    """(root, name) for a fine-tuned child: beside its parent's `vNNN` versions, else `fallback_root/name`."""
+    if parent_path is not None and Path(parent_path).is_dir() and re.fullmatch(r"v\d{3,}", Path(parent_path).name):
+        return Path(parent_path).parent.parent, Path(parent_path).parent.name
+    return fallback_root, name

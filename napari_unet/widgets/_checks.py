@@ -150,16 +150,6 @@ def model_channels(image_channels: int, model_channels_: int) -> int:
     )
 
 
-def check_model_name(name: str) -> None:
-    """The rules of `core.bundle` for a model folder name, checked before hours of training."""
-    bad = set('<>:"/\\|?*') | {"\0"}
-    if not name or name.strip() != name or name.startswith(".") or any(c in bad for c in name):
-        raise InputError(
-            f"Model name {name!r} cannot be used as a folder name; use letters, digits, '-', '_' or '.' "
-            "(not at the start)."
-        )
-
-
 def model_folder(text: str) -> Path:
     """The folder models are saved in, created now so a bad location is reported before training."""
     folder = Path(text).expanduser()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.core.config import Config
+from napari_unet.core.paths import child_location
 
 from ._tf import import_tensorflow
 from .models_registry import CorrectedPair, ModelEntry
@@ -169,13 +170,6 @@ def ensure_loaded(entry: ModelEntry) -> Any:
     return entry.bundle
 
 
-def finetune_location(entry: ModelEntry, fallback_root: Path) -> tuple[Path, str]:
-    """Where a fine-tuned child of `entry` goes: beside its parent's versions when that is a folder."""
-    if entry.path is not None and entry.path.is_dir() and entry.path.name.startswith("v"):
-        return entry.path.parent.parent, entry.path.parent.name
-    return fallback_root, entry.name
-
-
 def run_finetune(
     parent: ModelEntry,
     pairs: Sequence[CorrectedPair],
@@ -192,8 +186,7 @@ def run_finetune(
     from napari_unet.core import train as core_train
 
     emit(("device", core_model.device_info()))
-    # Start from the saved version, which the child records as its parent (and whose model has no
-    # training configuration attached, which Keras would have to rebuild when cloning it).
+    # Start from the saved version: it is what the child records as its parent.
     if parent.path is not None:
         from napari_unet.core.bundle import load_bundle
 
@@ -202,7 +195,7 @@ def run_finetune(
         bundle = ensure_loaded(parent)
     forwarder = _EventForwarder(emit, bundle.config, preview)
     result = core_train.finetune(bundle, _training_pairs(pairs), forwarder, stop, epochs=epochs)
-    root, name = finetune_location(parent, fallback_root)
+    root, name = child_location(parent.path, fallback_root, parent.name)
     return _outcome(result, _save(result, root, name, "fine-tuned"))
 
 

@@ -23,14 +23,13 @@ from qtpy.QtWidgets import (
 
 from napari_unet.core.errors import InputError, NapariUNetError
 
-from napari_unet.core.paths import default_model_root
+from napari_unet.core.paths import check_model_name, default_model_root
 
 from ._base import JobWidget
 from ._checks import (
     LayerArray,
     PatchTooLargeError,
     channel_count,
-    check_model_name,
     check_shapes,
     model_folder,
     training_arrays,

@@ -51,7 +51,8 @@ def test_patch_suggestion_and_channels():
 
 
 def test_model_name_and_folder_are_checked_before_training(tmp_path):
-    from napari_unet.widgets._checks import check_model_name, model_folder
+    from napari_unet.core.paths import check_model_name
+    from napari_unet.widgets._checks import model_folder
 
     check_model_name("nuclei-unet_2.b")
     for bad in ("a/b", ".hidden", "", "what?"):
