@@ -39,17 +39,8 @@ BEGIN = "<!-- BEGIN RESULTS: written by benchmarks/run_all.py, do not edit by ha
 END = "<!-- END RESULTS -->"
 
 
-def _module(name: str) -> str:
-    """Module to run: the benchmark itself, or the adapter for a GUI script that only has `measure()`."""
-    path = BENCH_DIR / f"{name}.py"
-    source = path.read_text() if path.is_file() else ""
-    if name == "gui_responsiveness" and "bench_main(" not in source and "def measure(" in source:
-        return "benchmarks._gui_adapter"
-    return f"benchmarks.{name}"
-
-
 def _command(name: str, json_path: Path, quick: bool) -> list[str]:
-    cmd = [sys.executable, "-m", _module(name), "--json", str(json_path)]
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", "--json", str(json_path)]
     if quick:
         cmd.append("--quick")
     if name in GUI_BENCHMARKS and not os.environ.get("DISPLAY") and shutil.which("xvfb-run"):

@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.widgets._tf import import_tensorflow
-
-# TensorFlow and Mesa's OpenGL (Xvfb) each carry LLVM: a plain `import tensorflow` anywhere in this
-# process (core test modules import it at collection) would crash the viewers of the widget tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import_tensorflow()
+
+#: Fixtures that mean "this test shows a napari viewer".
+_VIEWER_FIXTURES = {"make_napari_viewer", "viewer", "sample_viewer", "qtbot"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that shows a viewer `gui`. scripts/test.sh runs them in a pytest process of their
+    own, in which TensorFlow is never imported: a user's napari never imports it either (the compute
+    worker does), and the guard below fails any such test that does."""
+    for item in items:
+        if _VIEWER_FIXTURES & set(getattr(item, "fixturenames", ())) or "widgets" in item.path.parts:
+            item.add_marker(pytest.mark.gui)
+
+
+@pytest.fixture(autouse=True)
+def _no_tensorflow_beside_a_viewer(request):
+    yield
+    if request.node.get_closest_marker("gui") is not None and "tensorflow" in sys.modules:
+        pytest.fail("TensorFlow was imported in the viewer's process; it must run in the compute worker.")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NAPARI_UNET_SHARED_DATA", REPO.parent / "shared" / "data"))

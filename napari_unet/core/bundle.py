@@ -35,6 +35,16 @@ import tifffile
 from .config import Config
 from .paths import ENV_MODEL_DIR, check_model_name, default_model_root  # noqa: F401  (re-exported)
 from .errors import BundleError, ConfigError, InputError
+from .versions import (  # noqa: F401  (re-exported)
+    checkpoint_dir,
+    latest_version,
+    list_versions,
+    next_version,
+    publish,
+    read_current,
+    replace_checkpoint,
+    version_number,
+)
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -42,7 +52,6 @@ METADATA_FILE = "metadata.json"
 HISTORY_FILE = "history.json"
 REPLAY_DIR = "replay"
 
-_VERSION_RE = re.compile(r"^v(\d{3,})$")
 _TEMP_PREFIX = ".saving-"
 _MAX_ZIP_BYTES = 8 * 1024**3  # refuse zip bombs
 _MAX_ZIP_ENTRIES = 100_000
@@ -97,34 +106,12 @@ class ModelBundle:
 # ---------------------------------------------------------------- locations and versions
 
 
-def list_versions(model_dir: Path | str) -> list[Path]:
-    """Version folders ``vNNN`` of a model folder, oldest first (empty if there are none)."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in model_dir.iterdir() if (m := _VERSION_RE.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
-
-
-def latest_version(model_dir: Path | str) -> Path | None:
-    """Newest version folder of a model folder, or None."""
-    versions = list_versions(model_dir)
-    return versions[-1] if versions else None
-
-
 def list_models(root: Path | str | None = None) -> list[Path]:
     """Model folders (those with at least one version) under a root, sorted by name."""
     root = Path(root) if root is not None else default_model_root()
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and list_versions(p))
-
-
-def version_number(version_dir: Path) -> int:
-    match = _VERSION_RE.match(Path(version_dir).name)
-    if not match:
-        raise BundleError(f"{version_dir} is not a version folder (expected a name like v001).")
-    return int(match.group(1))
 
 
 # ---------------------------------------------------------------- describing training data
@@ -184,31 +171,137 @@ def save_bundle(
     replay_arrays = _check_replay(replay) if replay is not None else None
 
     model_dir = Path(root).expanduser() / name
+    tmp = _temp_folder(model_dir)
     try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=model_dir))
-    except OSError as exc:
-        raise BundleError(f"Cannot create the model folder {model_dir}: {exc}. Choose a writable folder.") from exc
-    try:
-        version = _next_version(model_dir)
-        model_path = tmp / MODEL_FILE
-        bundle.model.save(str(model_path))
-        # Never write a file that load_bundle would refuse (e.g. a Lambda layer).
-        _inspect_keras_file(model_path, action="save")
-        metadata = _build_metadata(bundle, cfg, name, version, in_ch)
-        _write_json(tmp / METADATA_FILE, metadata)
-        _write_json(tmp / HISTORY_FILE, bundle.history or {})
-        if replay_arrays is not None and replay_arrays[0]:
-            _write_replay(tmp / REPLAY_DIR, *replay_arrays)
-        _fsync_tree(tmp)
-        target = _publish(tmp, model_dir, version, metadata)
+        metadata = _write_folder(bundle, cfg, tmp, name, next_version(model_dir), in_ch, replay_arrays)
+        target = publish(tmp, model_dir, metadata["version"])
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, (BundleError, ConfigError, InputError)) or not isinstance(exc, Exception):
+        error = _save_error(exc, model_dir)
+        if error is exc:
             raise
-        raise BundleError(f"Saving the model to {model_dir} failed: {exc}. Earlier versions are unchanged.") from exc
+        raise error from exc
+    metadata["version"] = version_number(target)
     bundle.path, bundle.version, bundle.metadata = target, metadata["version"], metadata
     return target
+
+
+def save_checkpoint(
+    bundle: ModelBundle,
+    root: Path | str,
+    name: str,
+    job: str,
+    replay: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
+) -> Path:
+    """Write the bundle as job `job`'s checkpoint: a complete version folder, not published yet.
+
+    `versions.promote_checkpoint` publishes it (also from a process without TensorFlow, after the
+    job was killed); a later checkpoint of the same job replaces it.
+    """
+    _check_name(name)
+    cfg = bundle.config.validate()
+    in_ch, out_ch = _model_channels(bundle.model)
+    _check_model_matches(in_ch, out_ch, cfg, f"The model to save ({name})")
+    replay_arrays = _check_replay(replay) if replay is not None else None
+    model_dir = Path(root).expanduser() / name
+    tmp = _temp_folder(model_dir)
+    try:
+        _write_folder(bundle, cfg, tmp, name, next_version(model_dir), in_ch, replay_arrays)
+        target = checkpoint_dir(model_dir, job)
+        replace_checkpoint(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = _save_error(exc, model_dir)
+        if error is exc:
+            raise
+        raise error from exc
+    return target
+
+
+def _temp_folder(model_dir: Path) -> Path:
+    """A fresh ``.saving-<pid>-*`` folder in `model_dir`, readable as the umask allows; stale ones are removed."""
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp_folders(model_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=model_dir))
+    except OSError as exc:
+        raise BundleError(f"Cannot create the model folder {model_dir}: {exc}. Choose a writable folder.") from exc
+    # mkdtemp makes 0700 folders: published versions follow the umask, so a colleague can read a shared model.
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o777 & ~umask)
+    except OSError:
+        pass
+    return tmp
+
+
+#: A temp folder whose pid cannot be read (or whose process still runs) is only removed after this long.
+_STALE_TEMP_S = 24 * 3600
+
+
+def _remove_stale_temp_folders(model_dir: Path) -> None:
+    """Remove ``.saving-*`` folders left by processes that died mid-save (SIGKILL, power loss)."""
+    import time
+
+    try:
+        entries = list(model_dir.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(_TEMP_PREFIX) or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid_text = entry.name[len(_TEMP_PREFIX) :].split("-", 1)[0]
+        try:
+            age = time.time() - entry.stat().st_mtime
+        except OSError:
+            continue
+        alive = pid_text.isdigit() and _pid_alive(int(pid_text))
+        if (pid_text.isdigit() and not alive) or age > _STALE_TEMP_S:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would end the process: rely on the age
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def _write_folder(
+    bundle: ModelBundle,
+    cfg: Config,
+    tmp: Path,
+    name: str,
+    version: int,
+    in_ch: int,
+    replay_arrays: tuple[list[np.ndarray], list[np.ndarray]] | None,
+) -> dict:
+    """Write model, metadata, history and replay data into `tmp`; returns the metadata."""
+    model_path = tmp / MODEL_FILE
+    bundle.model.save(str(model_path))
+    # Never write a file that load_bundle would refuse (e.g. a Lambda layer).
+    _inspect_keras_file(model_path, action="save")
+    metadata = _build_metadata(bundle, cfg, name, version, in_ch)
+    _write_json(tmp / METADATA_FILE, metadata)
+    _write_json(tmp / HISTORY_FILE, bundle.history or {})
+    if replay_arrays is not None and replay_arrays[0]:
+        _write_replay(tmp / REPLAY_DIR, *replay_arrays)
+    _fsync_tree(tmp)
+    return metadata
+
+
+def _save_error(exc: BaseException, model_dir: Path) -> BaseException:
+    if isinstance(exc, (BundleError, ConfigError, InputError)) or not isinstance(exc, Exception):
+        return exc
+    return BundleError(f"Saving the model to {model_dir} failed: {exc}. Earlier versions are unchanged.")
 
 
 def _check_name(name: str) -> None:
@@ -216,28 +309,6 @@ def _check_name(name: str) -> None:
         check_model_name(name)
     except InputError as exc:
         raise BundleError(str(exc)) from exc
-
-
-def _next_version(model_dir: Path) -> int:
-    versions = list_versions(model_dir)
-    return version_number(versions[-1]) + 1 if versions else 1
-
-
-def _publish(tmp: Path, model_dir: Path, version: int, metadata: dict) -> Path:
-    """Rename the finished temp folder to the first free ``vNNN`` at or above ``version``."""
-    for _ in range(10_000):
-        target = model_dir / f"v{version:03d}"
-        if not target.exists():
-            try:
-                os.rename(tmp, target)  # atomic; fails if another writer published this number first
-                return target
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) and not isinstance(exc, FileExistsError):
-                    raise
-        version = max(version + 1, _next_version(model_dir))
-        metadata["version"] = version
-        _write_json(tmp / METADATA_FILE, metadata)
-    raise BundleError(f"Could not find a free version number in {model_dir}.")
 
 
 def _build_metadata(bundle: ModelBundle, cfg: Config, name: str, version: int, in_channels: int) -> dict:
@@ -413,7 +484,7 @@ def _resolved_version(path: Path | str) -> Iterator[tuple[Path, Path]]:
     if (p / METADATA_FILE).exists() or (p / MODEL_FILE).exists():
         yield p, p
         return
-    latest = latest_version(p)
+    latest = read_current(p)  # the newest version, unless the user rolled back to an older one
     if latest is None:
         raise BundleError(
             f"{p} is not a napari-unet model folder: it holds neither {METADATA_FILE} and "
@@ -430,6 +501,8 @@ def _read_json(path: Path) -> Any:
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
             "the file is damaged or was edited by hand."
         ) from exc
+    except RecursionError as exc:
+        raise BundleError(f"{path} is nested too deeply to be napari-unet metadata; the file is damaged.") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise BundleError(f"Cannot read {path}: {exc}") from exc
 
@@ -452,7 +525,39 @@ def _read_metadata(version_dir: Path) -> dict:
             f"{version_dir} was made by a newer napari-unet (model format {fmt}, this version reads up to "
             f"{FORMAT_VERSION}); upgrade napari-unet to load it."
         )
+    if fmt < 1:
+        raise BundleError(f"{path} has format_version {fmt}, which no napari-unet writes; the file is damaged.")
+    _check_metadata_types(meta, path)
     return meta
+
+
+#: Top-level metadata keys and the JSON types they must have when present.
+_METADATA_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "version": (int,), "created": (str,), "parent": (str, type(None)), "task": (str,),
+    "class_names": (list,), "in_channels": (int,), "n_outputs": (int,), "config": (dict,),
+    "training_data": (list,), "metrics": (dict,), "libraries": (dict,),
+}  # fmt: skip
+
+
+def _check_metadata_types(meta: dict, path: Path) -> None:
+    """Refuse metadata whose known keys have the wrong JSON type or an impossible value."""
+    for key, types_ in _METADATA_TYPES.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        if not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_):
+            want = " or ".join("null" if t is type(None) else {"str": "a string", "int": "a whole number",
+                               "list": "a list", "dict": "an object"}[t.__name__] for t in types_)  # fmt: skip
+            raise BundleError(
+                f"{path}: '{key}' must be {want}, got {type(value).__name__}; the file was damaged or edited by hand."
+            )
+    for key in ("version", "in_channels", "n_outputs"):
+        if key in meta and meta[key] < 1:
+            raise BundleError(f"{path}: '{key}' must be 1 or more, got {meta[key]}; the file was damaged or edited.")
+    if any(not isinstance(n, str) for n in meta.get("class_names") or []):
+        raise BundleError(f"{path}: 'class_names' must be a list of strings; the file was damaged or edited.")
+    if any(not isinstance(d, dict) for d in meta.get("training_data") or []):
+        raise BundleError(f"{path}: 'training_data' must be a list of objects; the file was damaged or edited.")
 
 
 def _config_from_metadata(meta: dict, version_dir: Path) -> Config:
@@ -460,8 +565,8 @@ def _config_from_metadata(meta: dict, version_dir: Path) -> Config:
     if not isinstance(raw, dict):
         raise BundleError(f"{version_dir / METADATA_FILE} has no 'config' section; re-save the model.")
     try:
-        return Config.from_dict(raw)
-    except (ConfigError, TypeError) as exc:
+        return Config.from_dict(raw).validate()  # types and ranges, e.g. a threshold of 9
+    except (ConfigError, TypeError, ValueError) as exc:
         raise BundleError(f"The config in {version_dir / METADATA_FILE} is invalid: {exc}") from exc
 
 
@@ -515,20 +620,24 @@ def _inspect_keras_file(model_path: Path, action: str = "load") -> None:
             raw = zf.read("config.json")
     except KeyError as exc:
         raise BundleError(f"{model_path} has no config.json; it is not a Keras 3 model file.") from exc
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as exc:
+        # RuntimeError: an encrypted entry; NotImplementedError: an unsupported compression method.
         raise BundleError(
             f"{model_path} is corrupt or truncated ({exc}); restore it from a copy or use another version."
         ) from exc
     try:
         config = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{model_path} holds an unreadable config.json ({exc}).") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{model_path} holds an unreadable config.json ({type(exc).__name__}).") from exc
     if not isinstance(config, dict) or config.get("class_name") not in ("Functional", "Sequential"):
         raise BundleError(f"{model_path} is not a functional or sequential Keras model; refusing to {action}.")
     # compile=False drops the top-level training config (losses, optimizer), so it is never deserialized.
     body = {k: v for k, v in config.items() if k != "compile_config"}
-    for obj in _class_entries(body):
-        _check_entry(obj, model_path, action)
+    try:
+        for obj in _class_entries(body):
+            _check_entry(obj, model_path, action)
+    except RecursionError as exc:
+        raise BundleError(f"{model_path} holds a config.json nested too deeply to check; refusing to {action}.") from exc
 
 
 def _class_entries(node: Any) -> Iterator[dict]:
@@ -601,9 +710,14 @@ def export_zip(version_path: Path | str, zip_path: Path | str) -> Path:
                     if path.is_file():
                         zf.write(path, f"{prefix}/{path.relative_to(version_dir).as_posix()}")
             os.replace(tmp, zip_path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise BundleError(f"Cannot write {zip_path}: {exc}") from exc
+        except BaseException as exc:  # the partial file goes on every failure, Ctrl-C included
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise BundleError(f"Cannot write {zip_path}: {exc}") from exc
+            raise
     return zip_path
 
 
@@ -614,6 +728,7 @@ def _safe_extract(zip_path: Path, dest: Path) -> Path:
             infos = zf.infolist()
             if len(infos) > _MAX_ZIP_ENTRIES or sum(i.file_size for i in infos) > _MAX_ZIP_BYTES:
                 raise BundleError(f"{zip_path} is too large to be a napari-unet model; refusing to unpack it.")
+            _check_zip_entries(infos, zip_path)
             for info in infos:
                 name = info.filename.replace("\\", "/")
                 parts = PurePosixPath(name).parts
@@ -628,9 +743,43 @@ def _safe_extract(zip_path: Path, dest: Path) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
         raise BundleError(f"{zip_path} is corrupt or truncated ({exc}).") from exc
+    except OSError as exc:  # a file/folder collision the checks missed, or a full temp disk
+        raise BundleError(f"Cannot unpack {zip_path}: {exc.strerror or exc}.") from exc
     return dest
+
+
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+
+
+def _check_zip_entries(infos: list, zip_path: Path) -> None:
+    """Refuse encrypted entries, unknown compression methods, duplicate names and file/folder collisions."""
+    files: set[tuple[str, ...]] = set()
+    folders: set[tuple[str, ...]] = set()
+    for info in infos:
+        if info.flag_bits & 0x1:
+            raise BundleError(f"{zip_path} has an encrypted entry {info.filename!r}; napari-unet models are never encrypted.")
+        if info.compress_type not in _ZIP_METHODS:
+            raise BundleError(
+                f"{zip_path} entry {info.filename!r} uses compression method {info.compress_type}, which napari-unet "
+                f"cannot unpack ({', '.join(_ZIP_METHODS.values())}); re-create the zip with export_zip."
+            )
+        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+        if not parts:
+            raise BundleError(f"{zip_path} has an entry with an empty name; refusing to unpack it.")
+        folders.update(parts[:i] for i in range(1, len(parts)))
+        if info.is_dir():
+            folders.add(parts)
+        elif parts in files:
+            raise BundleError(f"{zip_path} holds {info.filename!r} twice; refusing to unpack it.")
+        else:
+            files.add(parts)
+    clash = files & folders
+    if clash:
+        raise BundleError(
+            f"{zip_path} holds {'/'.join(sorted(clash)[0])!r} both as a file and as a folder; refusing to unpack it."
+        )
 
 
 def _find_version_dir(folder: Path, zip_path: Path) -> Path:

@@ -1,26 +1,54 @@
-"""Command line: `napari-unet train | predict | finetune | evaluate` on image and label files."""
+"""Command line: `napari-unet train | predict | finetune | evaluate` on image and label files.
+
+Every option, the model name and the output locations are checked before any image is read or any
+training starts. One handler turns problems the user can fix into ``napari-unet: error: ...``
+(exit 2); anything unexpected prints one line naming a log file that holds the traceback (exit 1).
+The output policy (never into an input folder, never over an existing file without
+``--overwrite``, distinct names for inputs that share one) is in :mod:`.outputs`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .channels import choose_channels, describe_conversion, to_channels
 from .config import Config
-from .errors import InputError, NapariUNetError
-from .io import list_images, pair_files, read_image, write_labels
-from .paths import child_location
+from .errors import ConfigError, InputError, NapariUNetError, OutputError
+from .io import list_images, pair_inputs, write_labels
+from .layout import AXES_CHOICES, parse_axes, read_image, read_labels, to_core
+from .outputs import check_writable_folder, output_stems, plan_outputs
+from .paths import check_model_name, child_location, default_model_root
+
+ENV_LOG_DIR = "NAPARI_UNET_LOG_DIR"
+
+
+class UsageError(NapariUNetError):
+    """A command line that argparse refused."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
     try:
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else 0
         return int(args.func(args) or 0)
     except NapariUNetError as exc:
         print(f"napari-unet: error: {exc}", file=sys.stderr)
@@ -28,76 +56,256 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("napari-unet: error: not enough memory; use fewer or smaller images, or a smaller --batch or --patch.",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    except OSError as exc:  # disk full, permissions, vanished files: the user can act on these
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"napari-unet: error: {exc.strerror or exc}{where}.", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001  (the one place that catches everything)
+        log = _write_log(exc)
+        print(f"napari-unet: internal error ({type(exc).__name__}); the details are in {log}. "
+              "Please report it with that file.", file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def _write_log(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidates = [os.environ.get(ENV_LOG_DIR), str(Path.home() / ".napari-unet" / "logs"), tempfile.gettempdir()]
+    for folder in filter(None, candidates):
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            path = Path(folder) / f"napari-unet-{stamp}-{os.getpid()}.log"
+            path.write_text(f"napari-unet {' '.join(sys.argv)}\n{text}", encoding="utf-8")
+            return str(path)
+        except OSError:
+            continue
+    return "(no writable log folder)"
+
+
+# ---------------------------------------------------------------- option types (checked by argparse)
+
+
+def _path(text: str) -> Path:
+    if not text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a path")
+    return Path(text).expanduser()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
+    return value
+
+
+def _axes(text: str) -> str:
+    try:
+        return parse_axes(text) or ""
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-unet", description="Train and apply U-Nets without a GUI.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="napari-unet", description="Train and apply U-Nets without a GUI.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a new model on image/label files")
     _data_args(p)
     p.add_argument("--name", required=True, help="model name (a folder under --models)")
-    p.add_argument("--models", type=Path, default=None, help="models folder (default: ~/.napari-unet/models)")
-    p.add_argument("--config", type=Path, help="JSON file with config sections (model, data, train, predict)")
+    p.add_argument("--models", type=_path, default=None, help="models folder (default: ~/.napari-unet/models)")
+    p.add_argument("--config", type=_path, help="JSON file with config sections (model, data, train, predict)")
     p.add_argument("--task", choices=("binary", "classes", "instances"))
-    p.add_argument("--classes", type=int, help="number of classes for --task classes")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--steps", type=int, help="steps per epoch")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--patch", type=int, help="patch size in pixels")
-    p.add_argument("--depth", type=int)
-    p.add_argument("--filters", type=int, help="base filters")
+    p.add_argument("--classes", type=_positive_int, help="number of classes for --task classes")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--steps", type=_positive_int, help="steps per epoch")
+    p.add_argument("--batch", type=_positive_int)
+    p.add_argument("--patch", type=_positive_int, help="patch size in pixels")
+    p.add_argument("--depth", type=_positive_int)
+    p.add_argument("--filters", type=_positive_int, help="base filters")
     p.add_argument("--loss", choices=("auto", "bce", "dice", "bce_dice", "cce", "focal", "cce_dice"))
-    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--lr", type=_positive_float, help="learning rate")
+    p.add_argument("--time", type=_duration, help="wall-clock budget, e.g. 300, 90s, 5m (training ends as Stop does)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("finetune", help="fine-tune a model on new or corrected pairs; writes a new version")
     _data_args(p)
-    p.add_argument("--model", type=Path, required=True, help="model folder (latest version) or version folder")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--model", type=_path, required=True, help="model folder (latest version) or version folder")
+    p.add_argument("--epochs", type=_positive_int)
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("predict", help="predict label images")
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--images", nargs="+", required=True, help="image files or folders")
-    p.add_argument("--out", type=Path, required=True, help="output folder for label TIFFs (same names)")
-    p.add_argument("--threshold", type=float)
-    p.add_argument("--min-size", type=int)
+    p.add_argument("--model", type=_path, required=True)
+    p.add_argument("--images", nargs="+", type=_path, required=True, help="image files or folders")
+    p.add_argument("--out", type=_path, required=True,
+                   help="output folder for label TIFFs (same names); must not hold any input")  # fmt: skip
+    p.add_argument("--threshold", type=_probability)
+    p.add_argument("--min-size", type=_count)
     p.add_argument("--probabilities", action="store_true", help="also write <name>_prob.tif")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    _layout_args(p)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("evaluate", help="score a model against label files")
     _data_args(p)
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--model", type=_path, required=True)
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.set_defaults(func=_evaluate)
     return parser
 
 
+def _layout_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--axes", type=_axes, default=None,
+                   help=f"axes of every image, e.g. {', '.join(AXES_CHOICES[:5])} (default: from the file's "
+                        "metadata, or its shape when that is unambiguous)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="check everything and print what would be done, then stop")
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--images", nargs="+", required=True, help="image files or folders")
-    p.add_argument("--labels", nargs="+", required=True, help="label files or folders (same file names)")
+    p.add_argument("--images", nargs="+", type=_path, required=True, help="image files or folders")
+    p.add_argument("--labels", nargs="+", type=_path, required=True,
+                   help="label files or folders; folder i pairs with image folder i by relative path")  # fmt: skip
+    _layout_args(p)
 
 
-def _load_pairs(args: argparse.Namespace) -> list:
+def _info(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- reading inputs
+
+
+def _read(path: Path, axes: str | None) -> np.ndarray:
+    """An image in the core's unambiguous layout, saying how its axes were read."""
+    array, layout = read_image(path, axes)
+    _info(layout.describe(path.name))
+    return to_core(array, layout)
+
+
+def _channels(image: np.ndarray) -> int:
+    return int(image.shape[-1]) if image.ndim == 4 else 1
+
+
+def _convert(image: np.ndarray, channels: int, name: str) -> np.ndarray:
+    have = _channels(image)
+    if have == channels:
+        return image
+    stack = image[None, :, :, None] if image.ndim == 2 else image  # (N, H, W, C)
+    try:
+        out = to_channels(stack, channels, rgb=True)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from exc
+    _info(f"{name}: {describe_conversion(have, channels)} for a {channels}-channel model")
+    if channels == 1:  # (N, H, W) gray
+        out = out[0] if out.shape[0] == 1 else out[..., None]
+    return out
+
+
+def _plan_pairs(args: argparse.Namespace) -> tuple[list[tuple[Path, Path]], list[str]]:
+    pairs = pair_inputs(args.images, args.labels)
+    return pairs, output_stems([i for i, _ in pairs])
+
+
+def _print_pairs(pairs: list[tuple[Path, Path]], names: list[str]) -> None:
+    print(f"{len(pairs)} pair(s):")
+    for (image, labels), name in zip(pairs, names):
+        print(f"  {name}: {image} <- labels {labels}")
+
+
+def _load_pairs(args: argparse.Namespace, pairs: list[tuple[Path, Path]], names: list[str],
+                channels: int | None) -> tuple[list, int]:  # fmt: skip
+    """TrainingPairs with every image converted to ``channels`` (None: the channel rule decides)."""
     from .data import TrainingPair
 
-    pairs = pair_files(list_images(args.images), list_images(args.labels))
-    return [TrainingPair(read_image(i), read_image(l), i.stem) for i, l in pairs]
+    images = [_read(i, args.axes) for i, _ in pairs]
+    if channels is None:
+        counts = [_channels(im) for im in images]
+        channels = choose_channels(counts)
+        if len({1 if c == 1 else 3 for c in counts}) > 1:
+            n_gray = sum(c == 1 for c in counts)
+            _info(f"{n_gray} gray and {len(counts) - n_gray} colour image(s): training a "
+                  f"{'gray' if channels == 1 else 'RGB'} model (the majority decides; see docs/reliability.md)")  # fmt: skip
+    out = []
+    for image, (_, label_path), name in zip(images, pairs, names):
+        out.append(TrainingPair(_convert(image, channels, name), read_labels(label_path), name))
+    return out, channels
 
 
-def _config_from_args(args: argparse.Namespace, pairs: list) -> Config:
-    raw: dict[str, Any] = json.loads(args.config.read_text()) if args.config else {}
-    cfg = Config.from_dict(raw)
-    image = pairs[0].image
-    rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
-    sections: dict[str, dict[str, Any]] = {"data": {"in_channels": 3 if rgb else 1}}
+# ---------------------------------------------------------------- config
+
+
+def _read_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path} is a folder; give a JSON file.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path} is not a text (UTF-8) file.") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read --config {path}: {exc.strerror or exc}.") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).") from None
+    except RecursionError:
+        raise ConfigError(f"--config {path} is nested too deeply to be a config.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path} must hold a JSON object with sections model, data, train, predict.")
+    return raw
+
+
+def _config_from_args(args: argparse.Namespace, raw: dict[str, Any], in_channels: int) -> Config:
+    try:
+        cfg = Config.from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"--config {args.config}: {exc}") from exc
+    sections: dict[str, dict[str, Any]] = {"data": {"in_channels": in_channels}}
     mapping = {
         "task": ("data", "task"), "classes": ("data", "n_classes"), "patch": ("data", "patch_size"),
         "epochs": ("train", "epochs"), "steps": ("train", "steps_per_epoch"), "batch": ("train", "batch_size"),
         "loss": ("train", "loss"), "lr": ("train", "learning_rate"),
-        "depth": ("model", "depth"), "filters": ("model", "base_filters"),
-    }
+        "depth": ("model", "depth"), "filters": ("model", "base_filters"), "time": ("train", "time_limit_s"),
+    }  # fmt: skip
     for arg, (section, key) in mapping.items():
         value = getattr(args, arg, None)
         if value is not None:
@@ -128,14 +336,69 @@ class _TerminalProgress:
             print(event.message)
 
 
+def _duration(text: str) -> float:
+    """Seconds from ``300``, ``90s``, ``5m`` or ``1h``."""
+    value = str(text).strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(value[-1:], None)
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use seconds (300) or 90s, 5m, 1h.") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the time budget must be positive.")
+    return seconds
+
+
+def _suggested_task(data: list) -> str:
+    """The task most of the (first few) label images suggest (see core/suggest.py)."""
+    from collections import Counter
+
+    from .suggest import suggest_task
+
+    votes = Counter(suggest_task(pair.labels) for pair in data[:8])
+    task = votes.most_common(1)[0][0]
+    _info(f"task: {task} (suggested by the labels; --task sets it)")
+    return task
+
+
+def _check_model_location(root: Path, name: str) -> None:
+    """The folder a model version will be written to is usable (checked before any work)."""
+    folder = Path(root).expanduser() / name
+    check_writable_folder(folder, "models folder")
+    if folder.is_dir():
+        check_writable_folder(folder, "models folder", create=True)  # a probe file, removed at once
+
+
+# ---------------------------------------------------------------- commands
+
+
 def _train(args: argparse.Namespace) -> int:
-    from .bundle import default_model_root
+    check_model_name(args.name)
+    root = args.models or default_model_root()
+    _check_model_location(root, args.name)
+    raw = _read_config(args.config)
+    fixed = (raw.get("data") or {}).get("in_channels") if isinstance(raw.get("data"), dict) else None
+    arch = (raw.get("model") or {}).get("architecture") if isinstance(raw.get("model"), dict) else None
+    # Everything but the channel count is checked now, before any image is read.
+    guess = fixed if isinstance(fixed, int) and not isinstance(fixed, bool) else (3 if arch == "mobilenetv2" else 1)
+    _config_from_args(args, raw, guess)
+    pairs, names = _plan_pairs(args)
+    if args.dry_run:
+        _print_pairs(pairs, names)
+        for image, _ in pairs:
+            _info(read_image(image, args.axes)[1].describe(image.name))
+        print(f"dry run: would train {args.name!r} in {Path(root) / args.name}; nothing was written.")
+        return 0
+    channels = guess if (fixed is not None or arch == "mobilenetv2") else None
+    data, channels = _load_pairs(args, pairs, names, channels)
+    if args.task is None and "task" not in (raw.get("data") or {}):
+        args.task = _suggested_task(data)
+    cfg = _config_from_args(args, raw, channels)
     from .train import train
 
-    pairs = _load_pairs(args)
-    cfg = _config_from_args(args, pairs)
-    result = train(pairs, cfg, on_event=_TerminalProgress())
-    path = result.save(args.models or default_model_root(), args.name)
+    result = train(data, cfg, on_event=_TerminalProgress())
+    path = result.save(root, args.name)
     print(f"model saved: {path}")
     _print_scores(result.metrics, "validation")
     return 0
@@ -143,14 +406,24 @@ def _train(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
-    from .train import finetune
 
     parent = load_bundle(args.model)
-    pairs = _load_pairs(args)
-    result = finetune(parent, pairs, on_event=_TerminalProgress(), epochs=args.epochs)
     # A version folder's child goes beside it; a .zip export's child goes beside the zip.
     fallback_name = str(parent.metadata.get("name") or Path(parent.path).stem)
     root, name = child_location(parent.path, Path(parent.path).parent, fallback_name)
+    check_model_name(name)
+    _check_model_location(root, name)
+    pairs, names = _plan_pairs(args)
+    if args.dry_run:
+        _print_pairs(pairs, names)
+        for image, _ in pairs:
+            _info(read_image(image, args.axes)[1].describe(image.name))
+        print(f"dry run: would write a new version of {parent.path} to {Path(root) / name}; nothing was written.")
+        return 0
+    data, _ = _load_pairs(args, pairs, names, parent.config.data.in_channels)
+    from .train import finetune
+
+    result = finetune(parent, data, on_event=_TerminalProgress(), epochs=args.epochs)
     path = result.save(root, name)
     print(f"new version saved: {path} (parent {parent.path}, kept unchanged)")
     before, after = result.metrics.get("before_dice"), result.metrics.get("dice")
@@ -160,26 +433,40 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    files = list_images(args.images)
+    suffixes = (".tif", "_prob.tif") if args.probabilities else (".tif",)
+    plans = plan_outputs(files, args.out, protected=files, suffixes=suffixes, overwrite=args.overwrite)
+    if args.dry_run:
+        for plan in plans:
+            _info(read_image(plan.source, args.axes)[1].describe(plan.source.name))
+            print(f"  {plan.source} -> {', '.join(str(p) for p in (plan.path, *plan.extra))}")
+        print(f"dry run: would write {len(plans) * len(suffixes)} file(s) to {args.out}; nothing was written.")
+        return 0
     from tqdm import tqdm
 
     from .bundle import load_bundle
     from .predict import predict_image
 
     bundle = load_bundle(args.model)
-    cfg = bundle.config.replace(
-        predict={k: v for k, v in (("threshold", args.threshold), ("min_size", args.min_size)) if v is not None}
-    )
-    files = list_images(args.images)
-    for path in tqdm(files, unit="image", desc="predicting"):
-        image = read_image(path)
+    overrides = {k: v for k, v in (("threshold", args.threshold), ("min_size", args.min_size)) if v is not None}
+    cfg = bundle.config.replace(predict=overrides).validate()
+    channels = cfg.data.in_channels
+    written = 0
+    for plan in tqdm(plans, unit="image", desc="predicting", file=sys.stderr):
+        path = plan.source
+        image = _convert(_read(path, args.axes), channels, path.name)
         try:
             result = predict_image(bundle.model, image, cfg)
         except InputError as exc:  # say which file: the core only sees an array
             raise InputError(f"{path.name}: {exc}") from exc
-        write_labels(args.out / f"{path.stem}.tif", result.labels)
+        labels, probs = result.labels, result.probabilities
+        if image.ndim == 4 and image.shape[0] == 1:  # one plane: write a 2D label image
+            labels, probs = labels[0], probs[0]
+        write_labels(plan.path, labels, overwrite=args.overwrite)
+        written += 1
         if args.probabilities:
-            write_labels(args.out / f"{path.stem}_prob.tif", result.probabilities.astype(np.float32))
-    print(f"{len(files)} label image(s) written to {args.out}")
+            write_labels(plan.extra[0], probs.astype(np.float32), overwrite=args.overwrite)
+    print(f"{written} label image(s) written to {args.out}")
     return 0
 
 
@@ -188,7 +475,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_pairs
 
     bundle = load_bundle(args.model)
-    scores = evaluate_pairs(bundle.model, bundle.config, _load_pairs(args))
+    pairs, names = _plan_pairs(args)
+    if args.dry_run:
+        _print_pairs(pairs, names)
+        return 0
+    data, _ = _load_pairs(args, pairs, names, bundle.config.data.in_channels)
+    scores = evaluate_pairs(bundle.model, bundle.config, data)
     if args.json:
         print(json.dumps(scores, indent=2))
     else:
@@ -202,6 +494,8 @@ def _print_scores(scores: dict[str, float], what: str) -> None:
     if scores:
         print(f"{what}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
+
+__all__ = ["main", "OutputError"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,6 +6,9 @@ It is saved as JSON inside every model file, so a model carries what prediction 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,6 +20,9 @@ LOSSES: tuple[str, ...] = ("bce", "dice", "bce_dice", "cce", "focal", "cce_dice"
 ARCHITECTURES: tuple[str, ...] = ("unet", "mobilenetv2")
 UPSAMPLINGS: tuple[str, ...] = ("transpose", "bilinear")
 VAL_MODES: tuple[str, ...] = ("auto", "image", "region")
+KEEP_MODES: tuple[str, ...] = ("best", "last")
+SELECT_METRICS: tuple[str, ...] = ("auto", "dice", "object_f1", "loss")
+SEED_MODES: tuple[str, ...] = ("distance", "components")
 
 #: Value used inside training targets for pixels excluded from loss and metrics.
 IGNORE_TARGET = -1
@@ -73,6 +79,15 @@ class TrainConfig:
     mixed_precision: str = "auto"  # "auto": mixed_float16 on a GPU, float32 on the CPU; or "off"
     replay_fraction: float = 0.5  # fine-tuning: share of patches from the data the model saw before
     finetune_lr_factor: float = 0.2  # fine-tuning learning rate = learning_rate * this
+    # Model selection (docs/benchmarks.md, "Good masks by default"): after every epoch the validation
+    # images are predicted whole and scored with what the user wants, not with the loss.
+    keep: str = "best"  # "best": the epoch with the best validation score; "last": the last epoch
+    select_metric: str = "auto"  # "auto": object_f1 for instances, foreground dice otherwise; or "dice", "loss"
+    time_limit_s: float = 0.0  # wall-clock budget in seconds (0: none); ends training as Stop does
+    early_stopping_min_s: float = 120.0  # early stopping never ends a run before this many seconds
+    tune_postprocessing: bool = True  # tune predict.threshold/seed_threshold/min_size on the validation data
+    finetune_epochs: int = 5  # epochs of a fine-tuning round when none are given (never the parent's)
+    finetune_time_limit_s: float = 60.0  # wall-clock budget of a fine-tuning round (0: none)
 
 
 @dataclass
@@ -85,6 +100,11 @@ class PredictConfig:
     threshold: float = 0.5
     min_size: int = 0  # objects smaller than this (pixels) are removed
     split_touching: bool = True  # "instances": seeded watershed from object interiors
+    seed_threshold: float | None = None  # "instances": interior probability of a seed (None: threshold)
+    seed_min_size: int = 0  # "instances": seeds smaller than this (pixels) merge into a neighbour
+    seed_mode: str = "distance"  # "instances": "distance" (h-maxima of the interior's distance map) or "components"
+    seed_h: float = 0.5  # "instances", seed_mode "distance": a seed is a distance maximum this many pixels high
+    tuned: bool = False  # threshold, seed_threshold and min_size were tuned on validation data
 
 
 @dataclass
@@ -129,6 +149,7 @@ class Config:
     def validate(self) -> Config:
         """Raise ConfigError for invalid or contradictory values; return self."""
         m, d, t, p = self.model, self.data, self.train, self.predict
+        _check_types(self)
         _choice("model.architecture", m.architecture, ARCHITECTURES)
         _choice("model.upsampling", m.upsampling, UPSAMPLINGS)
         _choice("data.task", d.task, TASKS)
@@ -148,12 +169,25 @@ class Config:
         _range("train.batch_size", t.batch_size, 1, 4096)
         _range("train.replay_fraction", t.replay_fraction, 0.0, 0.95)
         _range("predict.threshold", p.threshold, 0.0, 1.0)
+        _choice("train.keep", t.keep, KEEP_MODES)
+        _choice("train.select_metric", t.select_metric, SELECT_METRICS)
+        _range("train.time_limit_s", t.time_limit_s, 0.0, 1e9)
+        _range("train.early_stopping_min_s", t.early_stopping_min_s, 0.0, 1e9)
+        _range("train.finetune_epochs", t.finetune_epochs, 1, 100000)
+        _range("train.finetune_time_limit_s", t.finetune_time_limit_s, 0.0, 1e9)
+        if p.seed_threshold is not None:
+            _range("predict.seed_threshold", p.seed_threshold, 0.0, 1.0)
+        _range("predict.min_size", p.min_size, 0, 10**9)
+        _range("predict.seed_min_size", p.seed_min_size, 0, 10**9)
+        _choice("predict.seed_mode", p.seed_mode, SEED_MODES)
+        _range("predict.seed_h", p.seed_h, 0.0, 1e6)
         if not 0 <= d.norm_low < d.norm_high <= 100:
             raise ConfigError(
                 f"data.norm_low ({d.norm_low}) must be below data.norm_high ({d.norm_high}), both in 0..100."
             )
-        if t.learning_rate <= 0:
-            raise ConfigError(f"train.learning_rate must be positive, got {t.learning_rate}.")
+        if not (math.isfinite(t.learning_rate) and 0 < t.learning_rate <= 10):
+            raise ConfigError(f"train.learning_rate must be a positive number (e.g. 0.001), got {t.learning_rate}.")
+        _check_values(self)
         if d.patch_size % self.size_multiple:
             raise ConfigError(
                 f"data.patch_size ({d.patch_size}) must be a multiple of {self.size_multiple} "
@@ -185,7 +219,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
-        """Build from a (possibly partial) dict; unknown keys are an error."""
+        """Build from a (possibly partial) dict; unknown keys and values of the wrong type are an error."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"A config must be a JSON object with sections model, data, train, predict; got {_type_name(raw)}.")
+        if any(not isinstance(k, str) for k in raw):
+            raise ConfigError("Config section names must be strings.")
         parts = {}
         for name, part_cls in (
             ("model", ModelConfig),
@@ -193,12 +231,17 @@ class Config:
             ("train", TrainConfig),
             ("predict", PredictConfig),
         ):
-            values = dict(raw.get(name) or {})
+            values = raw.get(name)
+            if values is None:
+                values = {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"The config section {name!r} must be a JSON object, got {_type_name(values)}.")
+            values = dict(values)
             known = {f.name for f in dataclasses.fields(part_cls)}
             unknown = set(values) - known
             if unknown:
                 raise ConfigError(f"Unknown option(s) in {name}: {', '.join(sorted(unknown))}.")
-            parts[name] = part_cls(**values)
+            parts[name] = part_cls(**_typed_values(name, part_cls, values))
         extra = set(raw) - set(parts)
         if extra:
             raise ConfigError(f"Unknown config section(s): {', '.join(sorted(extra))}.")
@@ -220,3 +263,120 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def _range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}; got {value}.")
+
+
+# ---------------------------------------------------------------- generic type and value checks
+# The expected type of every field comes from its annotation (or, failing that, its default), so
+# fields added to the dataclasses are checked without touching this code.
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
+
+
+def _hints(part_cls: type) -> dict[str, Any]:
+    if part_cls not in _HINTS:
+        try:
+            hints = typing.get_type_hints(part_cls)
+        except Exception:  # an annotation that does not resolve: fall back to the defaults' types
+            hints = {}
+        for f in dataclasses.fields(part_cls):
+            if f.name not in hints:
+                default = f.default if f.default is not dataclasses.MISSING else None
+                if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                    default = f.default_factory()  # type: ignore[misc]
+                hints[f.name] = type(default) if default is not None else Any
+        _HINTS[part_cls] = hints
+    return _HINTS[part_cls]
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the annotated type (int for float, whole float for int), else ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return value
+    if origin is typing.Union or (hasattr(types, "UnionType") and isinstance(hint, types.UnionType)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, value, arg)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else ConfigError(f"{name} has an invalid value {_type_name(value)}.")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, args))}; got {_type_name(value)}.")
+    if origin in (list, tuple, set, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {_type_name(value)}.")
+        item = args[0] if args else Any
+        return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be an object, got {_type_name(value)}.")
+        return value
+    if hint is bool:
+        if isinstance(value, (bool,)):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {_type_name(value)}.")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a whole number, got {_type_name(value)}.")
+        if isinstance(value, float):
+            if not (math.isfinite(value) and value.is_integer()):
+                raise ConfigError(f"{name} must be a whole number, got {value}.")
+            return int(value)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {_type_name(value)}.")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}.")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {_type_name(value)}.")
+        return value
+    return value
+
+
+def _typed_values(section: str, part_cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    hints = _hints(part_cls)
+    return {k: _coerce(f"{section}.{k}", v, hints.get(k, Any)) for k, v in values.items()}
+
+
+def _check_types(cfg: Config) -> None:
+    """Type-check (and normalise int/float) every field of every section, in place."""
+    for f in dataclasses.fields(cfg):
+        part = getattr(cfg, f.name)
+        if not dataclasses.is_dataclass(part):
+            raise ConfigError(f"Config.{f.name} must be a {f.name} section, got {_type_name(part)}.")
+        hints = _hints(type(part))
+        for pf in dataclasses.fields(part):
+            value = _coerce(f"{f.name}.{pf.name}", getattr(part, pf.name), hints.get(pf.name, Any))
+            object.__setattr__(part, pf.name, value)
+
+
+def _check_values(cfg: Config) -> None:
+    """Ranges the explicit checks in validate() do not cover: sizes above zero, counts not negative."""
+    d, t, p = cfg.data, cfg.train, cfg.predict
+    _range("data.patch_size", d.patch_size, cfg.size_multiple, 16384)
+    _range("predict.tile_size", p.tile_size, cfg.size_multiple, 65536)
+    _range("predict.overlap", p.overlap, 0, 16384)
+    _range("predict.batch_size", p.batch_size, 1, 4096)
+    _range("train.early_stopping_patience", t.early_stopping_patience, 0, 10**6)
+    _range("train.reduce_lr_patience", t.reduce_lr_patience, 0, 10**6)
+    _range("train.seed", t.seed, 0, 2**32 - 1)
+    _range("train.finetune_lr_factor", t.finetune_lr_factor, 1e-6, 100.0)
+    if t.class_weights is not None and any(not (w >= 0 and math.isfinite(w)) for w in t.class_weights):
+        raise ConfigError(f"train.class_weights must be finite and not negative; got {t.class_weights}.")
+    if d.ignore_label is not None:
+        _range("data.ignore_label", d.ignore_label, 0, 2**32 - 1)

@@ -40,14 +40,23 @@ def prepare_pairs(pairs: Sequence[TrainingPair], cfg: Config) -> tuple[list[np.n
     """Split pairs into 2D samples: normalised float32 `(H, W, C)` images, int32 targets, names.
 
     Raises InputError for a labels layer without any labelled (non-background) pixel and for
-    images smaller than `cfg.size_multiple` pixels on a side.
+    images smaller than `cfg.size_multiple` pixels on a side. Gray and RGB images may be mixed:
+    each is converted to `cfg.data.in_channels` by the channel rule (`channels.to_channels`).
     """
+    images, targets, names, _ = prepare_samples(pairs, cfg)
+    return images, targets, names
+
+
+def prepare_samples(
+    pairs: Sequence[TrainingPair], cfg: Config
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[np.ndarray]]:
+    """`prepare_pairs` plus the label image of every sample (instance ids or classes, for scoring)."""
     if not pairs:
         raise InputError("No training pairs given; pick at least one image with a labels layer.")
     d = cfg.data
-    images, targets, names = [], [], []
+    images, targets, names, labels_out = [], [], [], []
     for pair in pairs:
-        samples, label_list = as_samples(pair.image, pair.labels, d.in_channels, pair.name)
+        samples, label_list = as_samples(_to_model_channels(pair.image, d.in_channels), pair.labels, d.in_channels, pair.name)
         try:
             pair_targets = [labels_to_target(lab, d) for lab in label_list]
         except InputError as exc:  # say which pair: the target functions only see arrays
@@ -67,7 +76,24 @@ def prepare_pairs(pairs: Sequence[TrainingPair], cfg: Config) -> tuple[list[np.n
             images.append(normalize(sample, d.norm_low, d.norm_high))
             targets.append(target)
             names.append(name)
-    return images, targets, names
+            lab = np.asarray(label_list[i])
+            labels_out.append(np.where(target < 0, 0, lab).astype(np.int64, copy=False))
+    return images, targets, names, labels_out
+
+
+def _to_model_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
+    """A colour image for a one-channel model becomes gray (luminance); other layouts pass through."""
+    image = np.asarray(image)
+    if in_channels == 1 and image.ndim >= 3 and image.shape[-1] in (3, 4) and _is_colour(image.shape):
+        from .channels import to_channels
+
+        return to_channels(image, 1, rgb=True)
+    return image
+
+
+def _is_colour(shape: tuple[int, ...]) -> bool:
+    """(H, W, 3|4) with H > 4 (a thin stack of 3 planes is not colour), or (N, H, W, 3|4)."""
+    return len(shape) == 4 or (len(shape) == 3 and shape[0] > 4)
 
 
 def split_pairs(

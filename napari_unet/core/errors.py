@@ -15,3 +15,9 @@ class InputError(NapariUNetError, ValueError):
 
 class BundleError(NapariUNetError):
     """A model file or folder cannot be read, is corrupt, unsafe or incompatible."""
+
+
+class OutputError(NapariUNetError, OSError):
+    """An output location cannot be used: it holds inputs, would replace a file, or is not writable.
+
+    Also an OSError, so callers that catch write failures as OSError keep working."""

@@ -5,8 +5,8 @@ target -1 left out). Predictions are `p > cfg.predict.threshold` for binary mode
 for softmax models. What each score averages:
 
 * binary: the foreground class;
-* classes and instances: the mean over the non-background classes (1..K-1) of the per-class
-  score (macro average; for instances that is interior and boundary);
+* classes: the mean over the non-background classes (1..K-1) of the per-class score (macro average);
+* instances: the foreground (interior and boundary merged against background);
 * accuracy: share of non-ignored pixels whose class is right (all classes).
 
 Empty cases follow `scores.py`: a zero denominator gives 1.0 when there is no error, else 0.0.
@@ -27,7 +27,15 @@ METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "precision", "recall", "accuracy
 class ConfusionMetric(keras.metrics.Metric):
     """One score computed from an accumulated confusion matrix (rows truth, columns prediction)."""
 
-    def __init__(self, score: str, n_outputs: int, threshold: float = 0.5, name: str | None = None, **kwargs):
+    def __init__(
+        self,
+        score: str,
+        n_outputs: int,
+        threshold: float = 0.5,
+        name: str | None = None,
+        foreground: bool = False,
+        **kwargs,
+    ):
         if score not in METRIC_NAMES:
             raise ValueError(f"Unknown score {score!r}; use one of {METRIC_NAMES}.")
         super().__init__(name=name or score, **kwargs)
@@ -35,6 +43,7 @@ class ConfusionMetric(keras.metrics.Metric):
         self.n_outputs = int(n_outputs)
         self.n_classes = max(self.n_outputs, 2)
         self.threshold = float(threshold)
+        self.foreground = bool(foreground)  # score all non-background classes as one foreground
         self.confusion = self.add_weight(
             name="confusion", shape=(self.n_classes * self.n_classes,), initializer="zeros", dtype="float64"
         )
@@ -63,7 +72,11 @@ class ConfusionMetric(keras.metrics.Metric):
         if self.score == "accuracy":
             correct, total = ops.sum(tp), ops.sum(cm)
             return ops.cast(_ratio(correct, total, total - correct), "float32")
-        tp, fp, fn = tp[1:], fp[1:], fn[1:]  # foreground class(es) only
+        if self.foreground:  # non-background classes merged: one foreground
+            fg = cm[1:, 1:]
+            tp, fp, fn = ops.sum(fg)[None], ops.sum(cm[0, 1:])[None], ops.sum(cm[1:, 0])[None]
+        else:
+            tp, fp, fn = tp[1:], fp[1:], fn[1:]  # foreground class(es) only
         if self.score == "dice":
             per_class = _ratio(2.0 * tp, 2.0 * tp + fp + fn, fp + fn)
         elif self.score == "iou":
@@ -80,12 +93,18 @@ class ConfusionMetric(keras.metrics.Metric):
             "score": self.score,
             "n_outputs": self.n_outputs,
             "threshold": self.threshold,
+            "foreground": self.foreground,
         }
 
 
 def make_metrics(cfg: Config) -> list[keras.metrics.Metric]:
-    """Fresh `dice`, `iou`, `precision`, `recall`, `accuracy` metrics for `cfg`'s task."""
-    return [ConfusionMetric(name, cfg.n_outputs, cfg.predict.threshold) for name in METRIC_NAMES]
+    """Fresh `dice`, `iou`, `precision`, `recall`, `accuracy` metrics for `cfg`'s task.
+
+    For instances the scores are of the foreground (interior and boundary together), which is what
+    the masks show; the validation logs of `train.py` add interior and boundary Dice separately.
+    """
+    foreground = cfg.data.task == "instances"
+    return [ConfusionMetric(name, cfg.n_outputs, cfg.predict.threshold, foreground=foreground) for name in METRIC_NAMES]
 
 
 def _ratio(num, den, errors):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,11 @@ def as_samples(
     if image.dtype == bool:
         image = image.astype(np.uint8)
     rgb = _is_channel_last(image.shape, in_channels)
+    if image.ndim == 3 and not rgb and image.shape[-1] == 2:
+        raise InputError(
+            f"{name} has shape {image.shape}: two channels, or a stack of planes two pixels wide? "
+            "Give a (H, W, C) image to a model with that many channels, or a (N, H, W) stack."
+        )
     if image.ndim == 2:
         stack = image[None, :, :, None]
     elif image.ndim == 3:
@@ -96,8 +102,9 @@ def _is_channel_last(shape: tuple[int, ...], in_channels: int | None) -> bool:
     if in_channels is not None and in_channels > 1:
         return shape[-1] == in_channels or (in_channels == 3 and shape[-1] == 4)
     # A last axis of 3 or 4 on a tall image is colour, even for a one-channel model (which then
-    # gets a clear channel-count error instead of a stack of thin slices).
-    return shape[-1] in (3, 4) and shape[0] > 4
+    # gets a clear channel-count error instead of a stack of thin slices). A last axis of 1 is a
+    # channel axis: planes one pixel wide are never what was meant.
+    return (shape[-1] in (3, 4) and shape[0] > 4) or shape[-1] == 1
 
 
 def _match_channels(stack: np.ndarray, in_channels: int, name: str) -> np.ndarray:
@@ -119,7 +126,9 @@ def percentiles(image: np.ndarray, low: float, high: float, max_pixels: int = 4_
     flat = np.asarray(image).reshape(-1)
     if flat.size > max_pixels:
         flat = flat[:: flat.size // max_pixels + 1]
-    lo, hi = np.percentile(flat.astype(np.float32), [low, high])
+    # float64 for float64 input: float32 turns 1e300 into inf (and loses tiny ranges near large offsets).
+    work = np.float64 if flat.dtype == np.float64 or flat.dtype.itemsize > 8 else np.float32
+    lo, hi = np.percentile(flat.astype(work, copy=False), [low, high])
     return float(lo), float(hi)
 
 
@@ -131,9 +140,20 @@ def normalize(
     `bounds` gives precomputed percentile values (for tiles or chunks of a larger image).
     """
     lo, hi = bounds if bounds is not None else percentiles(image, low, high)
-    out = np.asarray(image, dtype=np.float32) - np.float32(lo)
+    lo, hi = float(lo), float(hi)
     scale = hi - lo
-    if scale > 1e-12:
+    # A range is flat only relative to the values' magnitude: 1e-16-scaled or 1e300-scaled floats
+    # are ordinary images. Outside float32's range the arithmetic is done in float64.
+    magnitude = max(abs(lo), abs(hi))
+    flat = not (math.isfinite(scale) and scale > 0 and scale > magnitude * 1e-9)
+    arr = np.asarray(image)
+    if flat and magnitude > 1e30:
+        return np.zeros(arr.shape, np.float32)
+    if magnitude > 1e30 or (not flat and scale < 1e-30):
+        out64 = (arr.astype(np.float64) - lo) / scale
+        return out64.astype(np.float32)
+    out = np.asarray(arr, dtype=np.float32) - np.float32(lo)
+    if not flat:
         out *= np.float32(1.0 / scale)
     else:
         out[...] = 0.0

@@ -33,6 +33,7 @@ from .config import Config
 from .errors import InputError
 from .io import list_images, read_image, write_labels
 from .normalize import as_samples, check_image, normalize
+from .targets import foreground_probability
 
 INDEX_FILE = "review.json"
 FORMAT_VERSION = 1
@@ -109,12 +110,6 @@ class ItemPrediction:
 
 
 # ---------------------------------------------------------------- uncertainty
-
-
-def foreground_probability(probs: np.ndarray) -> np.ndarray:
-    """P(not background) per pixel: the sigmoid channel, or 1 - P(class 0) for softmax outputs."""
-    probs = np.asarray(probs, dtype=np.float32)
-    return probs[..., 0] if probs.shape[-1] == 1 else 1.0 - probs[..., 0]
 
 
 def entropy_map(probs: np.ndarray) -> np.ndarray:
@@ -406,15 +401,39 @@ class ReviewProject:
     ) -> bool:
         """Store a prediction and its scores; returns False if skipped (reviewed meanwhile)."""
         with self._lock:
+            if only_unreviewed and self.item(name).status != UNREVIEWED:
+                return False
+            self.write_prediction_files(name, pred)
+            return self.record_scores(
+                name, pred.uncertainty, pred.foreground, pred.objects, list(pred.labels.shape), model_path,
+                model_version, only_unreviewed,
+            )  # fmt: skip
+
+    def write_prediction_files(self, name: str, pred: ItemPrediction) -> None:
+        """Write the predicted labels and uncertainty map of one image (not the index)."""
+        self._write_tiff(self._path("predictions", name), pred.labels.astype(np.int32))
+        self._write_tiff(self._path("uncertainty", name), pred.uncertainty_map.astype(np.float16))
+
+    def record_scores(
+        self,
+        name: str,
+        uncertainty: float,
+        foreground: float,
+        objects: int,
+        shape: list[int],
+        model_path: str | Path | None,
+        model_version: int | None,
+        only_unreviewed: bool = False,
+    ) -> bool:
+        """Enter a prediction whose files are written into the index; False if skipped (reviewed meanwhile)."""
+        with self._lock:
             item = self.item(name)
             if only_unreviewed and item.status != UNREVIEWED:
                 return False
-            self._write_tiff(self._path("predictions", name), pred.labels.astype(np.int32))
-            self._write_tiff(self._path("uncertainty", name), pred.uncertainty_map.astype(np.float16))
             item.model = str(model_path) if model_path is not None else None
             item.model_version = model_version
-            item.uncertainty, item.foreground, item.objects = pred.uncertainty, pred.foreground, pred.objects
-            item.shape = list(pred.labels.shape) if not item.shape else item.shape
+            item.uncertainty, item.foreground, item.objects = float(uncertainty), float(foreground), int(objects)
+            item.shape = list(shape) if not item.shape else item.shape
             item.predicted, item.error = _now(), None
             if item.status == ERROR:
                 item.status = UNREVIEWED
@@ -664,18 +683,28 @@ def finetune_on_reviewed(
     """
     from .train import finetune
 
+    pairs = reviewed_pairs(project, statuses)
+    result = finetune(bundle, pairs, on_event=on_event, stop=stop, epochs=epochs)
+    if result.status == "stopped" and result.best_epoch is None:
+        return result, None
+    root, name = finetune_location(project, bundle.path)
+    return result, Path(result.save(root, name))
+
+
+def reviewed_pairs(project: ReviewProject, statuses: Sequence[str] = (CORRECTED,)) -> list[Any]:
+    """The training pairs of reviewed images; InputError when there are none yet."""
     pairs = project.training_pairs(statuses)
     if not pairs:
         raise InputError(
             f"No {' or '.join(statuses)} images yet: edit a predicted mask with napari's brush or eraser "
             "(that marks it corrected), then fine-tune."
         )
-    result = finetune(bundle, pairs, on_event=on_event, stop=stop, epochs=epochs)
-    if result.status == "stopped" and result.best_epoch is None:
-        return result, None
-    path = Path(bundle.path) if bundle.path is not None else None
+    return pairs
+
+
+def finetune_location(project: ReviewProject, model_path: Path | str | None) -> tuple[Path, str]:
+    """(root, name) of a fine-tuned review model: beside its parent's versions, else under `models/`."""
+    path = Path(model_path) if model_path is not None else None
     if path is not None and re.match(r"^v\d{3,}$", path.name):
-        root, name = path.parent.parent, path.parent.name
-    else:
-        root, name = project.folder / "models", "review-finetuned"
-    return result, Path(result.save(root, name))
+        return path.parent.parent, path.parent.name
+    return project.folder / "models", "review-finetuned"

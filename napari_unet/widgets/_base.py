@@ -1,4 +1,4 @@
-"""Common ground of the dock widgets: background jobs that end cleanly when the widget or viewer closes."""
+"""Common ground of the dock widgets: compute-worker jobs that end cleanly when the widget or viewer closes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from qtpy.QtCore import QEvent, QObject, QSize
 from qtpy.QtWidgets import QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
-from ._jobs import BackgroundJob
+from ._jobs import WorkerJob
 from ._pickers import LayerPicker
 from .models_registry import ModelRegistry, session_registry
 
@@ -20,11 +20,11 @@ except ImportError:  # PySide
         return not _is_valid(obj)
 
 
-#: How long a closing widget waits for its jobs (they stop within a training step).
-CLOSE_TIMEOUT_S = 60.0
+#: How long a closing widget waits for its jobs (Stop takes effect within about 2 s).
+CLOSE_TIMEOUT_S = 5.0
 
 
-def _stop_jobs(jobs: list[BackgroundJob]) -> None:
+def _stop_jobs(jobs: list[WorkerJob]) -> None:
     # Module-level so the `destroyed` connection holds no reference to the widget.
     for job in jobs:
         if job.running:
@@ -67,7 +67,7 @@ class _BodyScroll(QScrollArea):
 
 
 class JobWidget(QWidget):
-    """A scrollable dock widget owning background jobs.
+    """A scrollable dock widget owning compute-worker jobs.
 
     The jobs are stopped and waited for when the widget is closed, removed from its dock, or when
     the napari window closes, so no thread outlives the viewer. `on_shutdown(job)` lets a subclass
@@ -78,7 +78,7 @@ class JobWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.registry = registry if registry is not None else session_registry()
-        self._jobs: list[BackgroundJob] = []
+        self._jobs: list[WorkerJob] = []
         self._pickers: list[LayerPicker] = []
         self._window: QMainWindow | None = None
         self._shut_down = False
@@ -98,15 +98,15 @@ class JobWidget(QWidget):
         """End of a subclass's __init__: push the content to the top."""
         self.body_layout.addStretch(1)
 
-    def new_job(self, name: str) -> BackgroundJob:
-        job = BackgroundJob(name)
+    def new_job(self, name: str) -> WorkerJob:
+        job = WorkerJob(name)
         self._jobs.append(job)
         return job
 
-    def run_job(self, job: BackgroundJob, fn: Any, on_message: Any = None, on_finished: Any = None) -> None:
-        """Start a job; from now on closing the napari window stops it first."""
+    def run_job(self, job: WorkerJob, source: Any, on_event: Any = None, on_finished: Any = None) -> None:
+        """Submit a request to the compute worker; from now on closing the napari window stops it first."""
         self._watch_window()  # docked by now (napari adds the dock to its window after our parent)
-        job.start(fn, on_message, on_finished)
+        job.start(source, on_event, on_finished)
 
     def track_picker(self, picker: LayerPicker) -> LayerPicker:
         self._pickers.append(picker)
@@ -120,7 +120,7 @@ class JobWidget(QWidget):
     def _on_registry_changed(self) -> None:
         """Override: the session model list changed."""
 
-    def on_shutdown(self, job: BackgroundJob) -> None:
+    def on_shutdown(self, job: WorkerJob) -> None:
         """Override: a job finished while the widget was closing; keep what it produced."""
 
     # ------------------------------------------------------------------ lifecycle
@@ -166,9 +166,8 @@ class JobWidget(QWidget):
             widget.installEventFilter(self)
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:
-        # A programmatic close (viewer.close()) always proceeds: stop now. A close by the user may
-        # still be cancelled in napari's confirmation dialog; napari then calls the worker's quit()
-        # (our stop flag) and the window's deletion runs `_stop_jobs` through `destroyed`.
+        # A programmatic close (viewer.close()) always proceeds: stop now. A close by the user may still
+        # be cancelled in napari's confirmation dialog; the window's deletion then runs `_stop_jobs`.
         if obj is self._window and event.type() == QEvent.Type.Close and not event.spontaneous():
             self.shutdown()
         return False

@@ -1,128 +1,112 @@
-"""Background jobs: a function runs in a napari `thread_worker`, talks to the GUI thread through a signal.
+"""The widgets' one job mechanism: a request runs in the compute worker, its events arrive on the GUI thread.
 
-The function gets `emit(item)` (queued to `on_message` on the GUI thread) and a `threading.Event`
-stop flag. Its return value or exception is kept on the job, so a widget closing while the job
-runs can wait for it and still use the result (a finished model is saved, never lost).
+`WorkerJob` is a slot for one kind of job of a widget (training, prediction, ...). `start` submits a
+request (or a function that builds one, run off the GUI thread) to the session's `ComputeClient`;
+events are queued through a Qt signal to `on_event`, and `on_finished(job)` runs once at the end
+with `state`, `result` and `failure` set. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from napari.qt.threading import FunctionWorker, create_worker
 from qtpy.QtCore import QObject, Signal
+
+from napari_unet.core.states import JobState
+from napari_unet.jobs.client import ComputeClient, Job, RequestSource, session_client
+from napari_unet.jobs.messages import Event, Failed, Finished
 
 from ._notify import log
 
-Emit = Callable[[Any], None]
-JobFunction = Callable[[Emit, threading.Event], Any]
-
 
 class _Relay(QObject):
-    """Lives in the GUI thread; signals emitted from the worker thread are queued to it."""
+    """Lives in the GUI thread; events emitted from the client's threads are queued to it."""
 
-    message = Signal(object)
-
-
-class _StoppableWorker(FunctionWorker):
-    """napari calls `quit()` on running workers when its window closes: turn that into our stop flag."""
-
-    stop_event: threading.Event | None = None
-
-    def quit(self) -> None:
-        super().quit()
-        if self.stop_event is not None:
-            self.stop_event.set()
+    event = Signal(object)
 
 
-class BackgroundJob:
-    """One run of a function off the GUI thread, with stop, wait and the outcome kept."""
+class WorkerJob:
+    """One widget job slot: start, stop, wait; the outcome of the last run is kept."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, client: Callable[[], ComputeClient] = session_client) -> None:
         self.name = name
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.stop_event = threading.Event()
-        self._done = threading.Event()
-        self._done.set()
+        self._client = client
+        self._job: Job | None = None
         self._relay: _Relay | None = None
-        self._worker: _StoppableWorker | None = None
-        self._on_finished: Callable[[BackgroundJob], None] | None = None
-        self.started_at = 0.0
+        self._on_event: Callable[[Event], None] | None = None
+        self._on_finished: Callable[[WorkerJob], None] | None = None
 
+    # ------------------------------------------------------------------ state
     @property
     def running(self) -> bool:
-        return not self._done.is_set()
+        return self._job is not None and self._job.running
 
+    @property
+    def state(self) -> JobState:
+        return self._job.state if self._job is not None else JobState.IDLE
+
+    @property
+    def result(self) -> Any:
+        return self._job.result if self._job is not None else None
+
+    @property
+    def failure(self) -> Failed | None:
+        return self._job.failure if self._job is not None else None
+
+    @property
+    def started_at(self) -> float:
+        return self._job.started_at if self._job is not None else 0.0
+
+    # ------------------------------------------------------------------ control
     def start(
         self,
-        fn: JobFunction,
-        on_message: Callable[[Any], None] | None = None,
-        on_finished: Callable[[BackgroundJob], None] | None = None,
+        source: RequestSource,
+        on_event: Callable[[Event], None] | None = None,
+        on_finished: Callable[[WorkerJob], None] | None = None,
     ) -> None:
-        """Run `fn(emit, stop)` in a worker thread; `on_finished(job)` runs on the GUI thread at the end."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running.")
-        self.result, self.error = None, None
-        self.stop_event = threading.Event()
-        self._done = threading.Event()
         self._relay = _Relay()
-        if on_message is not None:
-            self._relay.message.connect(on_message)
-        self._on_finished = on_finished
-        relay, stop, done = self._relay, self.stop_event, self._done
+        self._relay.event.connect(self._dispatch)
+        self._on_event, self._on_finished = on_event, on_finished
+        relay = self._relay
 
-        def emit(item: Any) -> None:
+        def listener(event: Event) -> None:
             try:
-                relay.message.emit(item)
+                relay.event.emit(event)
             except RuntimeError:  # the relay was deleted with its widget: nobody listens any more
                 pass
 
-        def body() -> None:
-            try:
-                self.result = fn(emit, stop)
-            except Exception as exc:  # kept for the GUI thread, which reports it
-                self.error = exc
-            finally:
-                done.set()
+        self._job = self._client().submit(source, listener)
 
-        worker = create_worker(body, _worker_class=_StoppableWorker, _start_thread=False, _ignore_errors=True)
-        worker.stop_event = stop
-        worker.finished.connect(self._finished)
-        self._worker = worker
-        self.started_at = time.monotonic()
-        worker.start()
-
-    def _finished(self) -> None:
-        callback, self._on_finished = self._on_finished, None
-        if callback is not None:
-            callback(self)
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, (Finished, Failed)):
+            if isinstance(event, Failed) and not event.expected and event.traceback:
+                log.error("%s failed in the compute worker:\n%s", self.name, event.traceback)
+            callback, self._on_finished = self._on_finished, None
+            if callback is not None:
+                callback(self)
+        elif self._on_event is not None:
+            self._on_event(event)
 
     def stop(self) -> None:
-        """Ask the function to stop (it polls the event); returns at once."""
-        self.stop_event.set()
+        """Stop: asked at once, the worker terminated after a grace period if need be. Returns at once."""
+        if self._job is not None and self.running:
+            self._client().stop(self._job)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the function has returned; True if it did within `timeout` seconds."""
-        return self._done.wait(timeout)
+        return self._job is None or self._job.wait(timeout)
 
     def detach(self) -> None:
-        """Drop the GUI callbacks (the widget is going away); the function keeps running until it stops."""
-        self._on_finished = None
-        if self._relay is not None:
-            try:
-                self._relay.message.disconnect()
-            except (TypeError, RuntimeError):  # nothing connected, or already deleted
-                pass
+        """Drop the GUI callbacks (the widget is going away); the job is stopped by `stop_and_wait`."""
+        self._on_event = self._on_finished = None
 
-    def stop_and_wait(self, timeout: float = 60.0) -> bool:
-        """Stop, detach and wait: what a closing widget does. Logs if the function does not return."""
+    def stop_and_wait(self, timeout: float = 5.0) -> bool:
+        """What a closing widget does: stop, detach, wait (Stop takes effect within about 2 s)."""
         self.detach()
         self.stop()
         finished = self.wait(timeout)
         if not finished:
-            log.error("%s did not stop within %.0f s; it will finish in the background.", self.name, timeout)
+            log.error("%s did not stop within %.0f s.", self.name, timeout)
         return finished

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pyqtgraph as pg
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 
-#: Status words of a run (careamics-napari's states) and how the label shows them.
+from napari_unet.core.states import JobState
+from napari_unet.jobs.messages import Event, Started, TrainUpdate
+
+#: How the status label shows each job state.
 STATUS_TEXT = {
-    "idle": "Idle",
-    "starting": "Starting…",
-    "training": "Training…",
-    "stopping": "Stopping…",
-    "finishing": "Evaluating and saving…",
-    "done": "Done",
-    "stopped": "Stopped",
-    "crashed": "Crashed",
+    JobState.IDLE: "Idle",
+    JobState.QUEUED: "Waiting for the running job…",
+    JobState.STARTING: "Starting…",
+    JobState.RUNNING: "Training…",
+    JobState.STOPPING: "Stopping…",
+    JobState.FINISHING: "Evaluating and saving…",
+    JobState.DONE: "Done",
+    JobState.STOPPED: "Stopped",
+    JobState.CRASHED: "Crashed",
 }
 _CURVES = {  # plot -> (log key, colour, legend)
     "loss": (("loss", "#4fc3f7", "train"), ("val_loss", "#ffb74d", "validation")),
@@ -37,11 +40,11 @@ def format_duration(seconds: float | None) -> str:
 
 
 class TrainingMonitor(QWidget):
-    """Shows `core.train.TrainEvent`s as they arrive; keeps the per-epoch values it plotted."""
+    """Shows a training job's events as they arrive; keeps the per-epoch values it plotted."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.status = "idle"
+        self.status = JobState.IDLE
         self.events_seen = 0
         self.history: dict[str, list[float]] = {}
         self.status_label = QLabel()
@@ -49,7 +52,7 @@ class TrainingMonitor(QWidget):
         self.device_label = QLabel("Device: chosen at start")
         self.device_label.setWordWrap(True)
         self.device_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        self.device_label.setToolTip("TensorFlow is loaded when training starts, so napari opens fast.")
+        self.device_label.setToolTip("Training runs in the compute worker, a separate process started on first use.")
         self.progress = QProgressBar()
         self.progress.setRange(0, _STEPS)
         self.progress.setTextVisible(False)
@@ -93,7 +96,7 @@ class TrainingMonitor(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.eta_label)
         layout.addLayout(plots_row)
-        self.set_status("idle")
+        self.set_status(JobState.IDLE)
 
     def begin(self) -> None:
         """Clear curves and progress for a new run."""
@@ -102,31 +105,30 @@ class TrainingMonitor(QWidget):
         for curve in self.curves.values():
             curve.setData([], [])
         self.progress.setValue(0)
-        self.eta_label.setText("Loading TensorFlow and preparing patches…")
-        self.set_status("starting")
+        self.eta_label.setText("Starting the compute worker and preparing patches…")
+        self.set_status(JobState.STARTING)
 
-    def set_status(self, status: str, detail: str = "") -> None:
-        self.status = status
-        text = STATUS_TEXT.get(status, status)
-        self.status_label.setText(f"{text} {detail}".strip())
+    def set_status(self, status: JobState | str, detail: str = "") -> None:
+        self.status = JobState(status)
+        self.status_label.setText(f"{STATUS_TEXT[self.status]} {detail}".strip())
 
     def set_device(self, device: str) -> None:
         self.device_label.setText(f"Device: {device}")
 
-    def show(self, kind: str, payload: Any) -> None:
-        """A message of a training job: ("device", text) or ("event", TrainEvent)."""
-        if kind == "device":
-            self.set_device(payload)
-        elif kind == "event":
-            self.handle(payload)
-            if payload.kind == "end":  # the epochs are over; evaluation and saving follow
-                self.set_status("finishing" if payload.status == "done" else payload.status)
+    def show(self, event: Event) -> None:
+        """An event of a training job: Started (the device) or a TrainUpdate."""
+        if isinstance(event, Started):
+            self.set_device(event.device)
+        elif isinstance(event, TrainUpdate):
+            self.handle(event)
+            if event.kind == "end" and self.status != JobState.STOPPING:  # saving follows
+                self.set_status(JobState.FINISHING if event.status == JobState.DONE else event.status)
 
-    def handle(self, event: Any) -> None:
-        """Update from one TrainEvent (kind start, batch, epoch or end)."""
+    def handle(self, event: TrainUpdate) -> None:
+        """Update from one TrainUpdate (kind start, batch, epoch or end)."""
         self.events_seen += 1
-        if event.kind in ("start", "batch", "epoch") and self.status == "starting":
-            self.set_status("training")
+        if event.kind in ("start", "batch", "epoch") and self.status == JobState.STARTING:
+            self.set_status(JobState.RUNNING)
         if event.kind == "end":
             if event.message:
                 self.eta_label.setText(event.message)
@@ -151,8 +153,8 @@ class TrainingMonitor(QWidget):
             for plot in self.plots.values():
                 plot.getAxis("bottom").setTickSpacing(major=spacing, minor=spacing)
 
-    def finish(self, status: str, message: str = "") -> None:
-        if status == "done":
+    def finish(self, status: JobState | str, message: str = "") -> None:
+        if status == JobState.DONE:
             self.progress.setValue(_STEPS)
         self.set_status(status)
         if message:

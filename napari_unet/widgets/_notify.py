@@ -15,10 +15,11 @@ from napari.utils.notifications import (
 )
 
 from napari_unet.core.errors import NapariUNetError
+from napari_unet.jobs.messages import Failed
 
 log = logging.getLogger("napari_unet.widgets")
 
-__all__ = ["error_message", "log", "offer", "report", "show_error", "show_info", "show_warning"]
+__all__ = ["error_message", "failure_message", "log", "offer", "report", "show_error", "show_info", "show_warning"]
 
 
 def error_message(exc: BaseException, doing: str) -> str:
@@ -26,6 +27,13 @@ def error_message(exc: BaseException, doing: str) -> str:
     if isinstance(exc, NapariUNetError):
         return str(exc)
     return f"{doing} failed unexpectedly ({type(exc).__name__}: {exc}). Details are in the log."
+
+
+def failure_message(failure: Failed, doing: str) -> str:
+    """The text to show for a job that failed in the compute worker (its traceback is in the log)."""
+    if failure.expected:
+        return failure.message
+    return f"{doing} failed unexpectedly ({failure.message}). Details are in the log."
 
 
 def report(exc: BaseException, doing: str) -> str:

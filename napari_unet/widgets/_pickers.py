@@ -9,13 +9,16 @@ from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QSizePolicy
 
+from ._layers import META_KEY
+
 
 class LayerPicker(QComboBox):
     """A combo box of the viewer's layers of one type; keeps the chosen layer across changes.
 
-    `prefer(layer)` (optional) ranks candidates when the picker chooses by itself (nothing chosen by
-    the user yet, or the chosen layer was removed): the newest layer with the highest score is taken,
-    and a new layer that outranks the automatic choice replaces it.
+    `prefer(layer)` (optional) ranks candidates when the picker chooses by itself (nothing chosen in
+    the picker yet, or the chosen layer was removed): the newest layer with the highest score is taken,
+    so a newly opened layer replaces the automatic choice. An image picker also follows the layer the
+    user selects in the layer list.
     """
 
     layerChanged = Signal(object)  # the new layer or None
@@ -46,6 +49,9 @@ class LayerPicker(QComboBox):
         events.inserted.connect(self.refresh)
         events.removed.connect(self.refresh)
         events.moved.connect(self.refresh)
+        self._follow_selection = issubclass(layer_type, Image)
+        if self._follow_selection:
+            viewer.layers.selection.events.active.connect(self._on_active)
         self.activated.connect(self._on_user_choice)
         self.refresh()
 
@@ -71,6 +77,8 @@ class LayerPicker(QComboBox):
         events = self.viewer.layers.events
         for signal in (events.inserted, events.removed, events.moved):
             signal.disconnect(self.refresh)
+        if self._follow_selection:
+            self.viewer.layers.selection.events.active.disconnect(self._on_active)
         for layer in self._watched:
             layer.events.name.disconnect(self._on_rename)
         self._watched = []
@@ -88,10 +96,8 @@ class LayerPicker(QComboBox):
         self._watched = layers
         self._layers = ([None] if self.allow_none else []) + layers
         if self._current in layers:
-            keep = self._current
-            best = self._auto_choice() if not self._user_chose and self.prefer is not None else None
-            if best is not None and keep is not None and self.prefer(best) > self.prefer(keep):
-                keep = best  # e.g. a new prediction layer outranks the labels chosen by default
+            # Chosen by the picker itself: re-choose, so a layer just opened is taken.
+            keep = self._current if self._user_chose else self._auto_choice()
         elif self._current is None and self._user_chose and self.allow_none:
             keep = None  # the user chose "(none)"
         else:
@@ -108,9 +114,12 @@ class LayerPicker(QComboBox):
         candidates = [lyr for lyr in self._layers if lyr is not None]
         if not candidates:
             return None
-        if self.prefer is None:
-            return candidates[-1]  # the newest layer is what the user just opened
-        return max(reversed(candidates), key=self.prefer)
+        # The newest of the best-ranked layers is what the user just opened; among equals, the user's
+        # own layers beat results the widgets made.
+        return max(reversed(candidates), key=self._rank)
+
+    def _rank(self, layer: Layer) -> tuple[float, bool]:
+        return (self.prefer(layer) if self.prefer is not None else 0.0, not layer.metadata.get(META_KEY))
 
     def _select(self, layer: Layer | None) -> None:
         if layer is None and not self.allow_none and self._layers:
@@ -123,6 +132,14 @@ class LayerPicker(QComboBox):
         self._current = layer
         if changed:
             self.layerChanged.emit(layer)
+
+    def _on_active(self, event: Any = None) -> None:
+        active = self.viewer.layers.selection.active
+        # Layers the widgets made (predictions, probabilities) are results, not inputs to follow.
+        made_here = active is not None and bool(active.metadata.get(META_KEY))
+        if isinstance(active, self.layer_type) and active in self._layers and not made_here:
+            self._user_chose = True
+            self._select(self._layers[self._layers.index(active)])  # the picker's own object, not a proxy
 
     def _on_user_choice(self, index: int) -> None:
         self._user_chose = True

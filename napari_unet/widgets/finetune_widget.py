@@ -23,14 +23,18 @@ from napari_unet.core.paths import default_model_root
 
 from ._base import JobWidget
 from ._checks import PatchTooLargeError, model_channels, training_arrays
-from ._jobs import BackgroundJob
+from napari_unet.core.states import JobState
+from napari_unet.jobs import arrays
+from napari_unet.jobs.messages import PredictOutcome, TrainOutcome
+
+from ._jobs import WorkerJob
 from ._layers import META_KEY, layer_array
 from ._monitor import TrainingMonitor
-from ._notify import report, show_error, show_info, show_warning
+from ._notify import failure_message, show_error, show_info, show_warning
 from ._pickers import LayerPicker
-from ._tasks import PredictOutcome, TrainOutcome, run_finetune, run_prediction
+from ._tasks import finetune_request, predict_request
 from .models_registry import CorrectedPair, ModelEntry, ModelRegistry, Round
-from .predict_widget import PredictionLayers
+from .predict_widget import Predicted, PredictionLayers
 
 NO_MODEL = "No current model: train one with the Train widget or load one in the Predict widget first."
 
@@ -44,8 +48,8 @@ class FinetuneWidget(JobWidget):
 
     def __init__(self, napari_viewer: Any, registry: ModelRegistry | None = None) -> None:
         super().__init__(napari_viewer, registry)
-        self.job: BackgroundJob = self.new_job("Fine-tuning")
-        self.predict_job: BackgroundJob = self.new_job("Re-prediction")
+        self.job: WorkerJob = self.new_job("Fine-tuning")
+        self.predict_job: WorkerJob = self.new_job("Re-prediction")
         self.layers = PredictionLayers(napari_viewer)
         self.last_outcome: TrainOutcome | None = None
         self._round_pairs: list[CorrectedPair] = []
@@ -115,7 +119,7 @@ class FinetuneWidget(JobWidget):
 
     # ------------------------------------------------------------------ state
     @property
-    def status(self) -> str:
+    def status(self) -> JobState:
         return self.monitor.status
 
     def _image_score(self, image: Image) -> float:
@@ -185,8 +189,8 @@ class FinetuneWidget(JobWidget):
         self.run_job(
             self.job,
             # No per-epoch preview: the image is re-predicted once the round ends.
-            partial(run_finetune, entry, self._round_pairs, self.epochs.value(), default_model_root(), None),
-            lambda item: self.monitor.show(*item),
+            finetune_request(entry, self._round_pairs, self.epochs.value(), default_model_root(), None),
+            self.monitor.show,
             self._on_finished,
         )
         return True
@@ -194,7 +198,7 @@ class FinetuneWidget(JobWidget):
     def stop_finetune(self) -> None:
         if self.job.running:
             self.job.stop()
-            self.monitor.set_status("stopping")
+            self.monitor.set_status(JobState.STOPPING)
             self.stop_button.setEnabled(False)
 
     def _set_running(self, running: bool) -> None:
@@ -203,37 +207,41 @@ class FinetuneWidget(JobWidget):
         self.add_button.setEnabled(not running)
         self.rollback_button.setEnabled(not running and bool(self.registry.rounds))
 
-    def _on_finished(self, job: BackgroundJob) -> None:
+    def _on_finished(self, job: WorkerJob) -> None:
         self._set_running(False)
-        if job.error is not None:
-            self.monitor.finish("crashed")
-            self.result_label.setText(report(job.error, "Fine-tuning"))
+        entry = self._keep(job.result) if job.result is not None else None
+        if job.failure is not None:
+            self.monitor.finish(JobState.CRASHED)
+            message = failure_message(job.failure, "Fine-tuning")
+            self.result_label.setText(message)
+            show_error(message)
             return
-        self._keep(job.result)
-        if job.result.entry is not None and self.repredict.isChecked():
-            self.repredict_image(job.result.entry)
+        if entry is not None and self.repredict.isChecked():
+            self.repredict_image(entry)
 
-    def _keep(self, outcome: TrainOutcome) -> None:
+    def _keep(self, outcome: TrainOutcome) -> ModelEntry | None:
         self.last_outcome = outcome
         parent = self._parent
-        if outcome.entry is None or parent is None:
+        if outcome.model is None or parent is None:
             if not self._shut_down:
-                self.monitor.finish(outcome.status)
+                self.monitor.finish(outcome.state)
                 self.result_label.setText(outcome.message)
-            return
+            return None
+        child = ModelEntry.from_info(outcome.model, "fine-tuned")
         before, after = outcome.metrics.get("before_dice"), outcome.metrics.get("dice")
-        round_ = Round(parent, outcome.entry, self._round_pairs, before, after)
+        round_ = Round(parent, child, self._round_pairs, before, after)
         self.registry.record_round(round_)
         if self._shut_down:
-            return
+            return child
         verdict = {True: "better or equal", False: "worse: consider Roll back", None: "not measured"}[round_.improved]
         text = (
             f"Round {len(self.registry.rounds)}: validation Dice {_dice_text(before)} → {_dice_text(after)} "
             f"({verdict}). {outcome.message}"
         )
-        self.monitor.finish(outcome.status)
+        self.monitor.finish(outcome.state)
         self.result_label.setText(text)
         (show_warning if round_.improved is False else show_info)(text)
+        return child
 
     def roll_back(self) -> bool:
         """Make the version before the last round current again; its corrections return to the set."""
@@ -249,8 +257,8 @@ class FinetuneWidget(JobWidget):
         show_info(text)
         return True
 
-    def on_shutdown(self, job: BackgroundJob) -> None:
-        if job is self.job and job.error is None and job.result is not None:
+    def on_shutdown(self, job: WorkerJob) -> None:
+        if job is self.job and job.result is not None:
             self._keep(job.result)
 
     # ------------------------------------------------------------------ re-prediction
@@ -263,25 +271,31 @@ class FinetuneWidget(JobWidget):
         old = self.labels_picker.layer()
         self.run_job(
             self.predict_job,
-            partial(run_prediction, entry, arr.data, arr.rgb),
+            predict_request(entry, arr.data, arr.rgb),
             None,
             partial(self._on_repredicted, entry, image, old),
         )
         return True
 
-    def _on_repredicted(self, entry: ModelEntry, image: Image, old: Labels | None, job: BackgroundJob) -> None:
-        if job.error is not None:
-            report(job.error, "Re-prediction")
+    def _on_repredicted(self, entry: ModelEntry, image: Image, old: Labels | None, job: WorkerJob) -> None:
+        if job.failure is not None:
+            show_error(failure_message(job.failure, "Re-prediction"))
             return
-        if image not in self.viewer.layers:
+        if job.result is None or image not in self.viewer.layers:
             return
-        outcome: PredictOutcome = job.result
+        result: PredictOutcome = job.result
+        outcome = Predicted(arrays.take(result.probabilities), arrays.take(result.labels), result.seconds)
+        # Earlier predictions of this image are hidden (kept, with the user's corrections, for comparison).
+        for layer in self.viewer.layers:
+            meta = layer.metadata.get(META_KEY) or {}
+            if isinstance(layer, Labels) and meta.get("image") == image.name and meta.get("model"):
+                layer.visible = False
+        if old is not None and old in self.viewer.layers:
+            old.visible = False
         record = self.layers.add(image, entry, outcome, with_probabilities=False)
-        if old is not None and old in self.viewer.layers and old.metadata.get(META_KEY):
-            old.visible = False  # kept (with the user's corrections) for comparison and undo
         self.labels_picker.set_layer(record.labels_layer)
 
 
 def _prediction_score(layer: Labels) -> float:
-    """Prefer labels layers the widgets predicted (what the user corrects)."""
-    return float(bool(layer.metadata.get(META_KEY)))
+    """Prefer labels layers the widgets predicted (what the user corrects), not training previews."""
+    return float(bool((layer.metadata.get(META_KEY) or {}).get("model")))

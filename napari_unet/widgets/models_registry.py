@@ -9,20 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 from psygnal import Signal
 
 from napari_unet.core.config import Config
+from napari_unet.core.versions import is_version_dir, write_current
+from napari_unet.jobs.messages import ModelInfo
 
 
 @dataclass(eq=False)
 class ModelEntry:
-    """One model version the user can predict with or fine-tune.
+    """One model version the user can predict with or fine-tune: a folder on disk and its metadata.
 
-    `bundle` is the loaded `core.bundle.ModelBundle` (Keras model in memory), or None until a
-    worker loads it from `path`.
+    The viewer's process holds no Keras object; the compute worker loads the model from `path`.
     """
 
     name: str
@@ -32,7 +31,6 @@ class ModelEntry:
     metrics: dict[str, float] = field(default_factory=dict)
     parent: str | None = None
     source: str = "trained"  # trained, fine-tuned or loaded
-    bundle: Any = None
 
     @property
     def label(self) -> str:
@@ -40,20 +38,16 @@ class ModelEntry:
         return f"{self.name} v{self.version}" if self.version is not None else self.name
 
     @classmethod
-    def from_bundle(cls, bundle: Any, source: str) -> ModelEntry:
-        """Entry for a saved or loaded `ModelBundle` (with `path` and `version` set)."""
-        path = Path(bundle.path) if bundle.path is not None else None
-        meta = getattr(bundle, "metadata", None) or {}
-        name = meta.get("name") or (path.parent.name if path is not None else "model")
+    def from_info(cls, info: ModelInfo, source: str) -> ModelEntry:
+        """Entry for a model the worker saved or inspected."""
         return cls(
-            name=str(name),
-            version=bundle.version,
-            path=path,
-            config=bundle.config,
-            metrics=dict(bundle.metrics or {}),
-            parent=bundle.parent,
+            name=info.name,
+            version=info.version,
+            path=Path(info.path),
+            config=Config.from_dict(info.config),
+            metrics=dict(info.metrics),
+            parent=info.parent,
             source=source,
-            bundle=bundle,
         )
 
 
@@ -115,6 +109,7 @@ class ModelRegistry:
             self._entries.append(entry)
         if make_current or self._current is None:
             self._current = entry
+            _remember_current(entry)
         self.changed.emit()
         return entry
 
@@ -123,6 +118,7 @@ class ModelRegistry:
             raise ValueError(f"{entry.label} is not in the model list.")
         if entry is not self._current:
             self._current = entry
+            _remember_current(entry)
             self.changed.emit()
 
     def find(self, path: Path | str | None) -> ModelEntry | None:
@@ -160,6 +156,7 @@ class ModelRegistry:
         if round_.parent not in self._entries:
             self._entries.append(round_.parent)
         self._current = round_.parent
+        _remember_current(round_.parent)
         self.changed.emit()
         return round_
 
@@ -167,6 +164,12 @@ class ModelRegistry:
         """Forget everything (tests, or a new session)."""
         self._entries, self._current, self.pending, self.rounds = [], None, [], []
         self.changed.emit()
+
+
+def _remember_current(entry: ModelEntry | None) -> None:
+    """Record the version in its model folder, so the next session (and `load_bundle`) starts from it."""
+    if entry is not None and entry.path is not None and is_version_dir(entry.path):
+        write_current(entry.path)
 
 
 _SESSION = ModelRegistry()

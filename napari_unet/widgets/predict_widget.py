@@ -31,13 +31,18 @@ from napari_unet.core.config import Config
 from napari_unet.core.errors import InputError, NapariUNetError
 from napari_unet.core.normalize import check_image
 
+from napari_unet.core.states import JobState
+from napari_unet.core.targets import foreground_probability, stack_probabilities_to_labels
+from napari_unet.jobs import arrays
+from napari_unet.jobs.messages import Event, InspectRequest, PredictOutcome, Progress
+
 from ._base import JobWidget
 from ._checks import LayerArray, check_spatial_layout, model_channels
-from ._jobs import BackgroundJob
+from ._jobs import WorkerJob
 from ._layers import META_KEY, layer_array, placement, unique_name
-from ._notify import report, show_error, show_info
+from ._notify import failure_message, report, show_error, show_info
 from ._pickers import LayerPicker
-from ._tasks import PredictOutcome, load_entry, probabilities_to_labels_any, run_prediction
+from ._tasks import predict_request
 from .models_registry import ModelEntry, ModelRegistry
 
 #: Post-processing of larger results runs in a worker, smaller ones at once on the GUI thread.
@@ -58,11 +63,13 @@ class PredictionRecord:
     edited: bool = False
 
 
-def foreground_probability(probabilities: np.ndarray, cfg: Config) -> np.ndarray:
-    """One probability map to show: p(foreground) for binary, 1 - p(background) otherwise."""
-    if cfg.n_outputs == 1:
-        return probabilities[..., 0]
-    return 1.0 - probabilities[..., 0]
+@dataclass
+class Predicted:
+    """A finished prediction, in the viewer's memory."""
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+    seconds: float
 
 
 class PredictionLayers:
@@ -74,7 +81,7 @@ class PredictionLayers:
         self._writing = False
 
     def add(
-        self, image: Image, entry: ModelEntry, outcome: PredictOutcome, with_probabilities: bool
+        self, image: Image, entry: ModelEntry, outcome: Predicted, with_probabilities: bool
     ) -> PredictionRecord:
         base = f"{image.name} [{entry.label}]"
         ndim = outcome.labels.ndim
@@ -83,7 +90,7 @@ class PredictionLayers:
         prob_layer = None
         if with_probabilities:
             prob_layer = self.viewer.add_image(
-                foreground_probability(outcome.probabilities, entry.config),
+                foreground_probability(outcome.probabilities),
                 name=unique_name(self.viewer, f"{base} probability"),
                 colormap="magma",
                 contrast_limits=(0.0, 1.0),
@@ -146,11 +153,11 @@ class PredictWidget(JobWidget):
 
     def __init__(self, napari_viewer: Any, registry: ModelRegistry | None = None) -> None:
         super().__init__(napari_viewer, registry)
-        self.job: BackgroundJob = self.new_job("Prediction")
-        self.load_job: BackgroundJob = self.new_job("Loading a model")
-        self.post_job: BackgroundJob = self.new_job("Post-processing")
+        self.job: WorkerJob = self.new_job("Prediction")
+        self.load_job: WorkerJob = self.new_job("Loading a model")
+        self._post_worker: Any = None  # numpy post-processing of large results (no TensorFlow)
         self.layers = PredictionLayers(napari_viewer)
-        self.status = "idle"
+        self.status = JobState.IDLE
         self._entries: list[ModelEntry] = []
         self._image_layer: Image | None = None
         self._shown_entry: ModelEntry | None = None
@@ -312,21 +319,21 @@ class PredictWidget(JobWidget):
             show_info("A model is already loading; wait a moment.")
             return False
         self.path_edit.setText(text)
-        self._set_status("loading", f"Loading {text}…")
-        self.run_job(self.load_job, partial(load_entry, Path(text).expanduser()), None, self._on_loaded)
+        self._set_status(JobState.RUNNING, f"Loading {text}…")
+        self.run_job(self.load_job, InspectRequest(str(Path(text).expanduser())), None, self._on_loaded)
         return True
 
-    def _on_loaded(self, job: BackgroundJob) -> None:
-        if job.error is not None:
-            self._set_status("idle", "Could not load the model.")
-            report(job.error, "Loading the model")
+    def _on_loaded(self, job: WorkerJob) -> None:
+        if job.failure is not None:
+            self._set_status(JobState.IDLE, "Could not load the model.")
+            show_error(failure_message(job.failure, "Loading the model"))
             return
-        entry: ModelEntry = job.result
+        entry = ModelEntry.from_info(job.result, "loaded")
         self.registry.add(entry, make_current=True)
-        self._set_status("idle", f"Loaded {entry.label}.")
+        self._set_status(JobState.IDLE, f"Loaded {entry.label}.")
 
     # ------------------------------------------------------------------ prediction
-    def _set_status(self, status: str, text: str) -> None:
+    def _set_status(self, status: JobState, text: str) -> None:
         self.status = status
         self.status_label.setText(text)
 
@@ -354,50 +361,55 @@ class PredictWidget(JobWidget):
             return False
         self._image_layer = layer
         self.progress.setValue(0)
-        self._set_status("predicting", f"Predicting {layer.name} with {entry.label}…")
+        queued = " (after the running job)" if self.job_queue_busy() else ""
+        self._set_status(JobState.STARTING, f"Predicting {layer.name} with {entry.label}{queued}…")
         self.predict_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.run_job(
-            self.job,
-            partial(run_prediction, entry, image.data, image.rgb),
-            self._on_message,
-            partial(self._on_predicted, entry),
+            self.job, predict_request(entry, image.data, image.rgb), self._on_event, partial(self._on_predicted, entry)
         )
         return True
 
     def stop_prediction(self) -> None:
         if self.job.running:
             self.job.stop()
-            self._set_status("stopping", "Stopping…")
+            self._set_status(JobState.STOPPING, "Stopping…")
 
-    def _on_message(self, item: tuple[str, Any]) -> None:
-        kind, payload = item
-        if kind == "progress":
-            self.progress.setValue(int(round(payload * 1000)))
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            if self.status == JobState.STARTING:
+                self.status = JobState.RUNNING
+            self.progress.setValue(int(round(event.fraction * 1000)))
 
-    def _on_predicted(self, entry: ModelEntry, job: BackgroundJob) -> None:
+    def _on_predicted(self, entry: ModelEntry, job: WorkerJob) -> None:
         self.predict_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         image = self._image_layer
-        if job.error is not None:
-            from napari_unet.core.predict import PredictionStopped
-
-            if isinstance(job.error, PredictionStopped):
-                self._set_status("stopped", "Prediction stopped; no layer was added.")
-                return
-            self._set_status("crashed", "Prediction failed.")
-            report(job.error, "Prediction")
+        if job.failure is not None:
+            self._set_status(JobState.CRASHED, "Prediction failed.")
+            show_error(failure_message(job.failure, "Prediction"))
             return
+        if job.state == JobState.STOPPED or job.result is None:
+            self._set_status(JobState.STOPPED, "Prediction stopped; no layer was added.")
+            return
+        result: PredictOutcome = job.result
+        outcome = Predicted(arrays.take(result.probabilities), arrays.take(result.labels), result.seconds)
         if image is None or image not in self.viewer.layers:
-            self._set_status("idle", "The image layer was removed while predicting; result dropped.")
+            self._set_status(JobState.IDLE, "The image layer was removed while predicting; result dropped.")
             return
-        outcome: PredictOutcome = job.result
         self.progress.setValue(1000)
         record = self.layers.add(image, entry, outcome, self.with_probabilities.isChecked())
         options = self.postprocess_options(entry.config)
         if options != _defaults(entry.config):  # the user changed the controls before predicting
-            self.layers.put_labels(record, probabilities_to_labels_any(outcome.probabilities, entry.config, **options))
-        self._set_status("done", f"Added '{record.labels_layer.name}' in {outcome.seconds:.1f} s.")
+            self.layers.put_labels(
+                record, stack_probabilities_to_labels(outcome.probabilities, entry.config, **options)
+            )
+        self._set_status(JobState.DONE, f"Added '{record.labels_layer.name}' in {outcome.seconds:.1f} s.")
+
+    def job_queue_busy(self) -> bool:
+        from napari_unet.jobs.client import session_client
+
+        return session_client().busy
 
     # ------------------------------------------------------------------ post-processing
     @property
@@ -418,23 +430,25 @@ class PredictWidget(JobWidget):
         options = self.postprocess_options(record.config)
         pixels = record.probabilities.size // record.probabilities.shape[-1]
         if pixels <= SYNC_POSTPROCESS_PIXELS:
-            self.layers.put_labels(record, probabilities_to_labels_any(record.probabilities, record.config, **options))
+            labels = stack_probabilities_to_labels(record.probabilities, record.config, **options)
+            self.layers.put_labels(record, labels)
             return
-        if self.post_job.running:
+        if self._post_worker is not None:
             self._post_timer.start()  # try again when the running one is done
             return
-        self.run_job(
-            self.post_job,
-            lambda _emit, _stop: probabilities_to_labels_any(record.probabilities, record.config, **options),
-            None,
-            partial(self._on_postprocessed, record),
-        )
+        # numpy and scikit-image only: a thread of this process is enough, the network is not involved.
+        from napari.qt.threading import create_worker
 
-    def _on_postprocessed(self, record: PredictionRecord, job: BackgroundJob) -> None:
-        if job.error is not None:
-            report(job.error, "Post-processing")
-        elif record.labels_layer in self.viewer.layers or record.edited:
-            self.layers.put_labels(record, job.result)
+        worker = create_worker(stack_probabilities_to_labels, record.probabilities, record.config, **options)
+        worker.returned.connect(partial(self._on_postprocessed, record))
+        worker.errored.connect(lambda exc: report(exc, "Post-processing"))
+        worker.finished.connect(lambda: setattr(self, "_post_worker", None))
+        self._post_worker = worker
+        worker.start()
+
+    def _on_postprocessed(self, record: PredictionRecord, labels: np.ndarray) -> None:
+        if record.labels_layer in self.viewer.layers or record.edited:
+            self.layers.put_labels(record, labels)
 
 
 def _defaults(cfg: Config) -> dict[str, Any]:

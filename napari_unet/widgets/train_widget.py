@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,14 +33,18 @@ from ._checks import (
     model_folder,
     training_arrays,
 )
-from ._jobs import BackgroundJob
-from ._layers import layer_array, placement, safe_folder_name, unique_name
+from napari_unet.core.states import JobState
+from napari_unet.jobs import arrays
+from napari_unet.jobs.messages import Event, PreviewReady, TrainOutcome
+
+from ._jobs import WorkerJob
+from ._layers import META_KEY, layer_array, placement, safe_folder_name, unique_name
 from ._monitor import TrainingMonitor
-from ._notify import offer, report, show_error, show_info
+from ._notify import failure_message, offer, show_error, show_info
 from ._pickers import LayerPicker
 from ._settings import TrainingSettings
-from ._tasks import TrainOutcome, preview_plane, run_training
-from .models_registry import CorrectedPair, ModelRegistry
+from ._tasks import preview_plane, train_request
+from .models_registry import CorrectedPair, ModelEntry, ModelRegistry
 
 NO_LAYERS = (
     "No image and labels layers are open. Open an image and its labels (File > Open), or try "
@@ -86,7 +89,9 @@ class PairRow(QWidget):
         image = self.image.layer() if hasattr(self, "image") else None
         if image is None:
             return 0.0
-        return float(tuple(labels.data.shape) == layer_array(image).spatial_shape)
+        same_shape = tuple(labels.data.shape) == layer_array(image).spatial_shape
+        # The user's own labels beat the predictions and previews the widgets made.
+        return 2.0 * same_shape + (not labels.metadata.get(META_KEY))
 
     def arrays(self) -> tuple[LayerArray, LayerArray] | None:
         image, labels = self.image.layer(), self.labels.layer()
@@ -112,7 +117,7 @@ class TrainWidget(JobWidget):
 
     def __init__(self, napari_viewer: Any, registry: ModelRegistry | None = None) -> None:
         super().__init__(napari_viewer, registry)
-        self.job: BackgroundJob = self.new_job("Training")
+        self.job: WorkerJob = self.new_job("Training")
         self.rows: list[PairRow] = []
         self.last_outcome: TrainOutcome | None = None
         self._preview_layer: Labels | None = None
@@ -230,8 +235,8 @@ class TrainWidget(JobWidget):
 
     # ------------------------------------------------------------------ state
     @property
-    def status(self) -> str:
-        """idle, starting, training, stopping, finishing, done, stopped or crashed."""
+    def status(self) -> JobState:
+        """Where the current or last run is (a `JobState`)."""
         return self.monitor.status
 
     @property
@@ -289,9 +294,7 @@ class TrainWidget(JobWidget):
         self.monitor.begin()
         self.result_label.setText(f"Training {name}… it will be saved in {root / name}")
         self._set_running(True)
-        self.run_job(
-            self.job, partial(run_training, pairs, cfg, root, name, preview), self._on_message, self._on_finished
-        )
+        self.run_job(self.job, train_request(pairs, cfg, root, name, preview), self._on_event, self._on_finished)
         return True
 
     def _offer_patch(self, exc: PatchTooLargeError) -> None:
@@ -308,7 +311,7 @@ class TrainWidget(JobWidget):
     def stop_training(self) -> None:
         if self.job.running:
             self.job.stop()
-            self.monitor.set_status("stopping")
+            self.monitor.set_status(JobState.STOPPING)
             self.stop_button.setEnabled(False)
 
     def _set_running(self, running: bool) -> None:
@@ -327,13 +330,12 @@ class TrainWidget(JobWidget):
             self._preview_plane = int(min(step[-3], arr.spatial_shape[0] - 1)) if len(step) >= 3 else 0
         return preview_plane(arr.data, arr.rgb, self._preview_plane or 0)
 
-    # ------------------------------------------------------------------ messages from the worker
-    def _on_message(self, item: tuple[str, Any]) -> None:
-        kind, payload = item
-        if kind == "preview":
-            self._show_preview(payload)
+    # ------------------------------------------------------------------ events from the worker
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, PreviewReady):
+            self._show_preview(arrays.take(event.labels))
         else:
-            self.monitor.show(kind, payload)
+            self.monitor.show(event)
 
     def _prepare_preview_layer(self, shape: tuple[int, ...]) -> None:
         """An empty preview layer, made before training starts: creating a layer is the slow part."""
@@ -348,6 +350,7 @@ class TrainWidget(JobWidget):
             np.zeros(shape, dtype=np.int32),
             name=unique_name(self.viewer, f"preview [{self.name_edit.text() or 'unet'}]"),
             opacity=0.5,
+            metadata={META_KEY: {"preview": True}},
             **placement(source, ndim=len(shape), plane=self._preview_plane),
         )
 
@@ -362,26 +365,27 @@ class TrainWidget(JobWidget):
         layer.data[...] = labels  # in place: far cheaper than a new array for napari to take in
         layer.refresh()
 
-    def _on_finished(self, job: BackgroundJob) -> None:
+    def _on_finished(self, job: WorkerJob) -> None:
         self._set_running(False)
-        if job.error is not None:
-            self.monitor.finish("crashed")
-            message = report(job.error, "Training")
+        if job.result is not None:
+            self._keep(job.result)  # a crashed worker's best epoch is kept too
+        if job.failure is not None:
+            self.monitor.finish(JobState.CRASHED)
+            message = failure_message(job.failure, "Training")
             self.result_label.setText(message)
-            return
-        self._keep(job.result)
+            show_error(message)
 
     def _keep(self, outcome: TrainOutcome) -> None:
         self.last_outcome = outcome
-        if outcome.entry is not None:
-            self.registry.add(outcome.entry, make_current=True)
+        if outcome.model is not None:
+            self.registry.add(ModelEntry.from_info(outcome.model, "trained"), make_current=True)
         dice = outcome.metrics.get("dice")
         text = outcome.message + (f" (validation Dice {dice:.3f})" if dice is not None else "")
         if not self._shut_down:
-            self.monitor.finish(outcome.status)
+            self.monitor.finish(outcome.state)
             self.result_label.setText(text)
             show_info(text)
 
-    def on_shutdown(self, job: BackgroundJob) -> None:
-        if job is self.job and job.error is None and job.result is not None:
+    def on_shutdown(self, job: WorkerJob) -> None:
+        if job is self.job and job.result is not None:
             self._keep(job.result)

@@ -108,6 +108,10 @@ def test_metrics_match_numpy_scores(task):
     if task == "binary":
         expected = {"dice": dice_score(pred, y == 1, ignore), "iou": iou_score(pred, y == 1, ignore)}
         expected["precision"], expected["recall"] = precision_recall(pred, y == 1, ignore)
+    elif task == "instances":  # foreground scores: interior and boundary are one foreground
+        fg_pred, fg_true = pred > 0, y > 0
+        expected = {"dice": dice_score(fg_pred, fg_true, ignore), "iou": iou_score(fg_pred, fg_true, ignore)}
+        expected["precision"], expected["recall"] = precision_recall(fg_pred, fg_true, ignore)
     else:
         classes = range(1, k)
         expected = {

@@ -88,15 +88,27 @@ def messages(notes):
 
 
 @pytest.fixture(scope="session")
-def trained_bundle(trained):
-    from napari_unet.core.bundle import load_bundle
+def worker_trained(tmp_path_factory) -> Path:
+    """The same tiny model, trained in the compute worker (for tests with a viewer: no TensorFlow here)."""
+    from napari_unet.jobs.client import ComputeClient
+    from napari_unet.widgets._tasks import train_request
+    from napari_unet.widgets.models_registry import CorrectedPair
 
-    return load_bundle(trained.path)
+    pairs = [CorrectedPair(*blob_pair(96, 96, seed), name=f"blobs{seed}") for seed in (1, 2)]
+    cfg = tiny_config(train={"epochs": 3, "steps_per_epoch": 8, "learning_rate": 1e-2})
+    root = tmp_path_factory.mktemp("reliability-worker-models")
+    client = ComputeClient()
+    try:
+        outcome = client.run(train_request(pairs, cfg, root, "tiny", None), 600)
+    finally:
+        client.close()
+    return Path(outcome.model.path)
 
 
 @pytest.fixture
-def current_model(gui_session, trained_bundle):
-    """Make the trained tiny model (already loaded) the session's current model; returns its entry."""
+def current_model(gui_session, worker_trained):
+    """Make the worker-trained tiny model the session's current model; returns its entry."""
+    from napari_unet.jobs.models import model_info
     from napari_unet.widgets.models_registry import ModelEntry
 
-    return gui_session.add(ModelEntry.from_bundle(trained_bundle, "loaded"), make_current=True)
+    return gui_session.add(ModelEntry.from_info(model_info(worker_trained), "loaded"), make_current=True)

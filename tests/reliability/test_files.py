@@ -231,7 +231,8 @@ def test_cli_refuses_a_zip_that_is_not_a_model(tmp_path, image_dir, capsys):
     assert code == 2 and "is neither a model folder nor a model .zip" in capsys.readouterr().err
 
 
-def test_cli_refuses_an_image_of_another_channel_count(model_copy, tmp_path, capsys):
+def test_cli_converts_an_rgb_image_for_a_gray_model_and_says_so(model_copy, tmp_path, capsys):
+    """The model's in_channels decides (docs/reliability.md): RGB becomes gray by luminance, said on stderr."""
     from napari_unet.core import cli
 
     folder = tmp_path / "rgb"
@@ -240,6 +241,21 @@ def test_cli_refuses_an_image_of_another_channel_count(model_copy, tmp_path, cap
     tifffile.imwrite(folder / "rgb.tif", np.stack([image] * 3, axis=-1), photometric="rgb")
     out = tmp_path / "out"
     code = cli.main(["predict", "--model", str(model_copy), "--images", str(folder), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "rgb.tif: RGB converted to gray (luminance) for a 1-channel model" in err
+    assert "read as YXC (from TIFF RGB tag)" in err
+    assert tifffile.imread(out / "rgb.tif").shape == (64, 64)
+
+
+def test_cli_refuses_an_image_whose_channels_cannot_be_converted(model_copy, tmp_path, capsys):
+    from napari_unet.core import cli
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    tifffile.imwrite(folder / "two.tif", np.zeros((64, 64, 2), np.uint8))
+    out = tmp_path / "out"
+    code = cli.main(["predict", "--model", str(model_copy), "--images", str(folder), "--out", str(out), "--axes", "YXC"])
     assert code == 2
-    assert "rgb.tif: image has 3 channel(s) but the model expects 1" in capsys.readouterr().err
-    assert not out.exists()
+    assert "two.tif: An image with 2 channel(s) cannot be converted to 1 channel(s)" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())

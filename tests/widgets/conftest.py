@@ -9,14 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-# TensorFlow and Mesa's OpenGL (Xvfb) each carry LLVM; a plain import of TensorFlow in a process
-# that renders a viewer segfaults (see napari_unet/widgets/_tf.py). Load it the safe way first.
-from napari_unet.widgets._tf import import_tensorflow  # noqa: E402
-
-import_tensorflow()
-
 PLUGIN = "napari-unet"
 #: Advanced settings that make a model train in a few seconds on 2 CPU cores.
 TINY = {"depth": 2, "filters": 8, "patch": 64, "batch": 4, "epochs": 2, "steps": 5}
@@ -106,10 +98,14 @@ def make_tiny():
 
 @pytest.fixture(scope="session")
 def tiny_model(nuclei_sample, tmp_path_factory) -> Path:
-    """A tiny binary model trained with the core on the sample, saved as <root>/tiny/v001."""
+    """A tiny binary model trained on the sample in the compute worker, saved as <root>/tiny/v001.
+
+    The viewer's process never imports TensorFlow, so this fixture trains the way the widgets do.
+    """
     from napari_unet.core.config import Config
-    from napari_unet.core.data import TrainingPair
-    from napari_unet.core.train import train
+    from napari_unet.jobs.client import ComputeClient
+    from napari_unet.widgets._tasks import train_request
+    from napari_unet.widgets.models_registry import CorrectedPair
 
     image, labels = nuclei_sample
     cfg = Config().replace(
@@ -117,5 +113,10 @@ def tiny_model(nuclei_sample, tmp_path_factory) -> Path:
         data={"patch_size": 64},
         train={"batch_size": 8, "steps_per_epoch": 20, "epochs": 6, "learning_rate": 3e-3},
     )
-    result = train([TrainingPair(image, labels, "nuclei")], cfg)
-    return Path(result.save(tmp_path_factory.mktemp("tiny-models"), "tiny"))
+    root = tmp_path_factory.mktemp("tiny-models")
+    client = ComputeClient()
+    try:
+        outcome = client.run(train_request([CorrectedPair(image, labels, "nuclei")], cfg, root, "tiny", None), 600)
+    finally:
+        client.close()
+    return Path(outcome.model.path)

@@ -143,7 +143,7 @@ def test_closing_the_widget_while_training(sample_viewer, qtbot, dock, make_tiny
     sample_viewer.window.remove_dock_widget(train)  # the dock's close button does this
     assert not train.job.running, "closing waits for the worker to stop"
     assert time.monotonic() - start < 30
-    assert train.job.error is None
+    assert train.job.failure is None
     # the best epoch so far was saved and joined the session's model list: nothing is lost
     entry = session_registry().current
     assert entry is not None and (entry.path / "model.keras").is_file()
@@ -160,4 +160,4 @@ def test_closing_the_viewer_while_training(make_napari_viewer, nuclei_sample, qt
     job = train.job
     viewer.close()
     assert not job.running
-    assert job.error is None
+    assert job.failure is None

@@ -26,9 +26,13 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def test_correct_finetune_compare_and_roll_back(sample_viewer, qtbot, tiny_model, tmp_path, dock):
-    from napari_unet.core.bundle import load_bundle
-    from napari_unet.core.predict import predict_image
+    from napari_unet.jobs import arrays
+    from napari_unet.jobs.client import session_client
+    from napari_unet.widgets._tasks import predict_request
     from napari_unet.widgets.models_registry import session_registry
+
+    def labels_of(entry, image):
+        return arrays.take(session_client().run(predict_request(entry, image, False), 120).labels)
 
     parent_dir = tmp_path / "user-models" / "tiny" / "v001"
     shutil.copytree(tiny_model, parent_dir)
@@ -84,8 +88,8 @@ def test_correct_finetune_compare_and_roll_back(sample_viewer, qtbot, tiny_model
 
     # the new version scores at least as well on the corrected image
     image = sample_viewer.layers["nuclei"].data
-    old_dice = _dice(predict_image(load_bundle(parent_dir), image).labels, truth)
-    new_dice = _dice(predict_image(load_bundle(child_dir), image).labels, truth)
+    old_dice = _dice(labels_of(round_.parent, image), truth)
+    new_dice = _dice(labels_of(current, image), truth)
     assert new_dice >= old_dice - 0.02, (old_dice, new_dice)
 
     # 5. re-predicted into a new layer; the corrected one is kept (hidden)

@@ -64,7 +64,7 @@ def test_postprocessing_reapplies_without_the_network(sample_viewer, qtbot, tiny
     def no_network(*_args, **_kwargs):
         raise AssertionError("post-processing must not run the network")
 
-    monkeypatch.setattr(predict_widget, "run_prediction", no_network)
+    monkeypatch.setattr(predict_widget, "predict_request", no_network)
     widget.threshold.setValue(0.9)
     qtbot.waitUntil(lambda: int(np.count_nonzero(layer.data)) < before, timeout=3_000)
     widget.threshold.setValue(0.5)

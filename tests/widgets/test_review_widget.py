@@ -41,7 +41,7 @@ def _open(viewer, qtbot) -> ReviewWidget:
 
 def _run(widget: ReviewWidget, qtbot, action) -> bool:
     started = action()
-    if started and widget._worker is not None:
+    if started and widget.busy:
         with qtbot.waitSignal(widget.job_finished, timeout=WAIT_MS):
             pass
     return started
@@ -59,9 +59,9 @@ def test_review_a_folder_then_resume_finetune_and_repredict(
 ):
     viewer = make_napari_viewer()
     widget = _open(viewer, qtbot)
-    widget.folder_edit.setText(str(image_folder))
-    assert widget.review_edit.text() == str(image_folder / "review")
-    widget.model_edit.setText(str(tiny_model))
+    widget.inputs.folder_edit.setText(str(image_folder))
+    assert widget.inputs.review_edit.text() == str(image_folder / "review")
+    widget.inputs.model_edit.setText(str(tiny_model))
 
     streamed = []
     def scored_rows() -> int:
@@ -104,7 +104,7 @@ def test_review_a_folder_then_resume_finetune_and_repredict(
     assert not np.array_equal(edited, before)
     qtbot.waitUntil(lambda: project.item(corrected).status == "corrected", timeout=2000)
     np.testing.assert_array_equal(project.mask(corrected), edited)
-    assert widget.table.item(widget.table.row(widget._rows[corrected]), COL_STATUS).text() == "corrected"
+    assert widget.table.item(widget.table.row_of(corrected), COL_STATUS).text() == "corrected"
 
     widget.next()
     rejected = widget.current
@@ -121,9 +121,9 @@ def test_review_a_folder_then_resume_finetune_and_repredict(
     viewer.close()
     viewer2 = make_napari_viewer()
     again = _open(viewer2, qtbot)
-    again.review_edit.setText(str(image_folder / "review"))
+    again.inputs.review_edit.setText(str(image_folder / "review"))
     assert _run(again, qtbot, again.start_review)
-    assert again._worker is None  # nothing left to predict
+    assert not again.busy  # nothing left to predict
     p2 = again.project
     statuses = {n: p2.item(n).status for n in p2.names}
     assert [statuses[n] for n in (order[0], order[1], corrected, rejected)] == [
@@ -133,12 +133,12 @@ def test_review_a_folder_then_resume_finetune_and_repredict(
     np.testing.assert_array_equal(p2.mask(corrected), edited)
     again.select(corrected)
     np.testing.assert_array_equal(viewer2.layers[LABELS_LAYER].data, edited)
-    assert again.model_edit.text() == str(tiny_model)  # the model that made the masks, from the index
+    assert again.inputs.model_edit.text() == str(tiny_model)  # the model that made the masks, from the index
 
     # Fine-tune on the corrected image: a new version becomes the current model.
     again.epochs_spin.setValue(1)
     assert _run(again, qtbot, again.finetune)
-    assert again.bundle.version == 2 and (tiny_model.parent / "v002" / "model.keras").is_file()
+    assert again.model.version == 2 and (tiny_model.parent / "v002" / "model.keras").is_file()
     assert again.registry.current.version == 2
 
     # Re-predict the unreviewed ones with it; reviewed images keep their masks and model version.
@@ -163,8 +163,8 @@ def test_bad_files_are_listed_with_their_reason_and_the_rest_is_reviewable(
     (folder / "broken.tif").write_bytes(b"II*\x00 truncated")
     viewer = make_napari_viewer()
     widget = _open(viewer, qtbot)
-    widget.folder_edit.setText(str(folder))
-    widget.model_edit.setText(str(tiny_model))
+    widget.inputs.folder_edit.setText(str(folder))
+    widget.inputs.model_edit.setText(str(tiny_model))
     assert _run(widget, qtbot, widget.start_review)
 
     project = widget.project
@@ -189,25 +189,25 @@ def test_empty_folder_and_unwritable_review_folder_are_explained(
 ):
     viewer = make_napari_viewer()
     widget = _open(viewer, qtbot)
-    widget.model_edit.setText(str(tiny_model))
+    widget.inputs.model_edit.setText(str(tiny_model))
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    widget.folder_edit.setText(str(empty))
+    widget.inputs.folder_edit.setText(str(empty))
     assert not widget.start_review()
     assert any("No image files" in m for m in messages("error"))
 
     # Root ignores chmod, so use a folder nobody can create: one below a regular file.
     blocker = tmp_path / "a_file.txt"
     blocker.write_text("x")
-    widget.folder_edit.setText(str(image_folder))
-    widget.review_edit.setText(str(blocker / "review"))
+    widget.inputs.folder_edit.setText(str(image_folder))
+    widget.inputs.review_edit.setText(str(blocker / "review"))
     assert not widget.start_review()
     error = messages("error")[-1]
     assert "Cannot write to the review folder" in error and "Choose another folder" in error
-    assert "Suggested instead" in error and widget.review_edit.text() != str(blocker / "review")
+    assert "Suggested instead" in error and widget.inputs.review_edit.text() != str(blocker / "review")
 
-    widget.review_edit.setText(str(tmp_path / "writable"))
+    widget.inputs.review_edit.setText(str(tmp_path / "writable"))
     assert _run(widget, qtbot, widget.start_review)
     assert len(widget.project) == N_IMAGES and widget.project.counts()["unreviewed"] == N_IMAGES
 
@@ -219,10 +219,90 @@ def test_layers_as_input_stack_and_separate_images(make_napari_viewer, qtbot, tm
     viewer.add_image(nuclei_pairs[3][1], name="extra")
     widget = _open(viewer, qtbot)
     widget.set_layers(["plate", "extra"])
-    widget.review_edit.setText(str(tmp_path / "review"))
-    widget.model_edit.setText(str(tiny_model))
+    widget.inputs.review_edit.setText(str(tmp_path / "review"))
+    widget.inputs.model_edit.setText(str(tiny_model))
     assert _run(widget, qtbot, widget.start_review)
     names = sorted(widget.project.names)
     assert names == ["extra", "plate[000]", "plate[001]", "plate[002]"]
     np.testing.assert_array_equal(widget.project.load_image("plate[001]"), stack[1])
     assert (tmp_path / "review" / "images" / "plate[001].tif").is_file()  # survives closing napari
+
+
+def test_a_killed_worker_is_reported_the_layers_stay_and_the_next_start_works(
+    make_napari_viewer, qtbot, image_folder, tiny_model, messages, monkeypatch
+):
+    from napari_unet.jobs.client import ComputeClient
+    from napari_unet.jobs.messages import ReviewItemDone
+
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.zeros((64, 64), np.int32), name="my notes")
+    widget = _open(viewer, qtbot)
+    widget.inputs.folder_edit.setText(str(image_folder))
+    widget.inputs.model_edit.setText(str(tiny_model))
+
+    # SIGKILL the worker the moment it reports its first image, as a crash or the OOM killer would.
+    killed: list[str] = []
+    submit = ComputeClient.submit
+
+    def submit_and_kill(client, source, listener=None):
+        def listen(event):
+            if isinstance(event, ReviewItemDone) and not killed:
+                killed.append(event.name)
+                client.kill_worker()
+            listener(event)
+
+        return submit(client, source, listen)
+
+    monkeypatch.setattr(ComputeClient, "submit", submit_and_kill)
+    shown: dict[str, np.ndarray] = {}
+
+    def snapshot(_name: str) -> None:  # the layers as the last streamed result left them
+        shown.clear()
+        shown.update({layer.name: np.array(layer.data, copy=True) for layer in viewer.layers})
+
+    widget.item_predicted.connect(snapshot)
+    assert _run(widget, qtbot, widget.start_review)
+    widget.item_predicted.disconnect(snapshot)
+
+    assert killed
+    error = [m for m in messages("error") if "compute worker was killed" in m]
+    assert error and "SIGKILL" in error[0] and "layers are untouched" in error[0]
+    assert widget.status_label.text() == error[0]
+    assert [layer.name for layer in viewer.layers] == list(shown)
+    for layer in viewer.layers:
+        np.testing.assert_array_equal(layer.data, shown[layer.name])
+    predicted = [n for n in widget.project.names if widget.project.item(n).predicted]
+    assert 0 < len(predicted) < N_IMAGES  # what arrived before the crash is kept in the index
+    assert not widget.busy and widget.start_button.isEnabled()
+
+    # The next Start runs in a fresh worker and predicts the rest.
+    assert _run(widget, qtbot, widget.start_review)
+    project = widget.project
+    assert all(project.item(n).predicted and project.item(n).status == "unreviewed" for n in project.names)
+    assert widget.current == widget.row_names()[0]
+
+
+def test_stop_ends_the_predictions_and_start_resumes_them(
+    make_napari_viewer, qtbot, image_folder, tiny_model, messages
+):
+    from napari_unet.core.states import JobState
+    from napari_unet.jobs.models import model_info
+    from napari_unet.widgets.models_registry import ModelEntry
+
+    viewer = make_napari_viewer()
+    widget = _open(viewer, qtbot)
+    widget.registry.add(ModelEntry.from_info(model_info(tiny_model), "loaded"))  # a model of this session
+    assert widget.inputs.model_edit.text() == str(tiny_model)
+    widget.inputs.folder_edit.setText(str(image_folder))
+    with qtbot.waitSignal(widget.job_finished, timeout=WAIT_MS):
+        assert widget.start_review()
+        assert widget.busy and widget.stop_button.isEnabled() and not widget.start_button.isEnabled()
+        widget.stop()
+    assert widget.job.state == JobState.STOPPED and not messages("error")
+    assert "stopped" in widget.status_label.text()
+    assert not widget.busy and widget.start_button.isEnabled()
+    assert widget.project.to_predict()
+
+    assert _run(widget, qtbot, widget.start_review)
+    assert not widget.project.to_predict()
+    assert widget.model.source == "loaded" and widget.registry.current is widget.model

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.gui
 
 
 def test_train_tiny_model_end_to_end(sample_viewer, qtbot, tmp_path, dock, make_tiny):
-    from napari_unet.core.bundle import load_bundle
+    from napari_unet.jobs.models import model_info
     from napari_unet.widgets.models_registry import session_registry
 
     widget = dock(sample_viewer, "Train")
@@ -24,14 +24,14 @@ def test_train_tiny_model_end_to_end(sample_viewer, qtbot, tmp_path, dock, make_
 
     events = []
     assert widget.start_training()
-    widget.job._relay.message.connect(events.append)  # beside the widget's own handler
+    widget.job._relay.event.connect(events.append)  # beside the widget's own handler
     assert not widget.train_button.isEnabled() and widget.stop_button.isEnabled()
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     qtbot.wait(50)
 
-    kinds = [item[1].kind for item in events if item[0] == "event"]
+    kinds = [e.kind for e in events if type(e).__name__ == "TrainUpdate"]
     assert "batch" in kinds and kinds.count("epoch") == 2 and kinds[-1] == "end"
-    assert any(item[0] == "device" for item in events)
+    assert any(type(e).__name__ == "Started" and e.device for e in events)
     assert widget.status == "done", widget.result_label.text()
     assert widget.monitor.device_label.text().startswith("Device: ")
     assert len(widget.monitor.history["loss"]) == 2 and len(widget.monitor.history["val_loss"]) == 2
@@ -45,7 +45,7 @@ def test_train_tiny_model_end_to_end(sample_viewer, qtbot, tmp_path, dock, make_
     current = session_registry().current
     assert current is not None and current.path == folder and current.label == "nuclei-unet v1"
     assert str(folder) in widget.result_label.text()
-    assert load_bundle(folder).config.model.depth == 2
+    assert model_info(folder).config["model"]["depth"] == 2
     assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
 
 
@@ -61,7 +61,7 @@ def test_stop_within_two_seconds_keeps_best_epoch(sample_viewer, qtbot, tmp_path
     assert time.monotonic() - pressed < 2.0
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert widget.status == "stopped"
-    assert widget.last_outcome.status == "stopped" and widget.last_outcome.entry is not None
+    assert widget.last_outcome.state == "stopped" and widget.last_outcome.model is not None
     assert (tmp_path / "models" / "nuclei-unet" / "v001" / "model.keras").is_file()
     assert widget.monitor.history["loss"] and len(widget.monitor.history["loss"]) < 200
 
