@@ -71,9 +71,12 @@ def score(pred: np.ndarray, gt: np.ndarray, instances: bool) -> dict[str, float]
     return out
 
 
-def mean_scores(preds: Sequence[np.ndarray], held: Sequence[tuple[str, Any, Any]], instances: bool) -> dict[str, float]:
+def mean_scores(preds: Sequence[np.ndarray], held: Sequence[tuple[str, Any, Any]], instances: bool) -> dict[str, Any]:
+    """Per-image mean scores; `images` holds each held-out image's own."""
     rows = [score(p, gt, instances) for p, (_, _, gt) in zip(preds, held)]
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out["images"] = {name: r for (name, _, _), r in zip(held, rows)}
+    return out
 
 
 def gray(image: np.ndarray) -> np.ndarray:
@@ -315,7 +318,7 @@ def run_stardist(data: str, marks: Sequence[float], quick: bool) -> dict[str, An
     out = {"system": "stardist", "marks": [], "total_s": total}
     for snap in snaps:
         model.keras_model.set_weights(snap["weights"] if snap["weights"] is not None else snap["current"])
-        model.optimize_thresholds(x_val, y_val, verbose=0)
+        model.optimize_thresholds(x_val, y_val)
         preds = [model.predict_instances(normalize(gray(im), 1, 99.8, axis=(0, 1)))[0] for _, im, _ in held]
         out["marks"].append({"mark_s": snap["mark_s"], "wall_s": round(snap["wall_s"], 1),
                              "scores": mean_scores(preds, held, True), "thresholds": dict(model.thresholds._asdict())})

@@ -91,8 +91,8 @@ def session(viewer, args: argparse.Namespace, report: dict, phase: list[str]) ->
     phase[0] = "review"
     finished: list[bool] = []
     review.job_finished.connect(lambda: finished.append(True))
-    review.folder_edit.setText(args.images)
-    review.model_edit.setText(args.model)
+    review.inputs.folder_edit.setText(args.images)
+    review.inputs.model_edit.setText(args.model)
     review.start_review()
     yield lambda: bool(finished)
     project = review.project

@@ -25,6 +25,32 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.gui)
 
 
+class _NoTensorFlow:
+    """Import hook of the viewer process: importing TensorFlow there fails the test with a clear error
+    instead of crashing the whole run (TensorFlow's LLVM beside Mesa's segfaults)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras"):
+            raise ImportError(f"{name} imported in the viewer's process; it belongs in the compute worker.")
+        return None
+
+
+def pytest_configure(config):
+    if config.option.markexpr == "gui":
+        sys.meta_path.insert(0, _NoTensorFlow())
+
+
+def pytest_ignore_collect(collection_path, config):
+    """In the viewer process (`-m gui`), modules without a viewer test are not even imported: many
+    import TensorFlow at their top, which must never happen beside a viewer."""
+    if config.option.markexpr != "gui" or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    if "widgets" in collection_path.parts:
+        return None
+    text = collection_path.read_text(encoding="utf-8")
+    return not any(name in text for name in _VIEWER_FIXTURES) or None
+
+
 @pytest.fixture(autouse=True)
 def _no_tensorflow_beside_a_viewer(request):
     yield

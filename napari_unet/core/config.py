@@ -67,14 +67,16 @@ class DataConfig:
 class TrainConfig:
     """Optimisation."""
 
-    epochs: int = 20
-    steps_per_epoch: int = 40
+    # Training ends at Stop, at `time_limit_s`, by early stopping or after `epochs` (an upper bound:
+    # 200 x 50 steps is about 20 minutes on 2 CPU cores for the default network).
+    epochs: int = 200
+    steps_per_epoch: int = 50  # also how often the validation images are scored and a model selected
     batch_size: int = 4
     learning_rate: float = 1e-3
     loss: str = "auto"  # "auto": bce_dice for binary, cce_dice otherwise
     class_weights: list[float] | None = None
-    early_stopping_patience: int = 10  # epochs; 0 disables
-    reduce_lr_patience: int = 4  # epochs; 0 disables
+    early_stopping_patience: int = 12  # epochs without a better validation score; 0 disables
+    reduce_lr_patience: int = 5  # epochs; 0 disables
     seed: int = 0
     mixed_precision: str = "auto"  # "auto": mixed_float16 on a GPU, float32 on the CPU; or "off"
     replay_fraction: float = 0.5  # fine-tuning: share of patches from the data the model saw before

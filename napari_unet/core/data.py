@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import tensorflow as tf
 from scipy import ndimage as ndi
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 from .config import IGNORE_TARGET, Config, DataConfig
 from .errors import InputError
@@ -276,6 +280,8 @@ def make_train_dataset(
         while True:
             yield sampler.batch(size, rng)
 
+    import tensorflow as tf  # here, not at import: TrainingPair and the samplers need no TensorFlow
+
     signature = (
         tf.TensorSpec((size, p, p, c), tf.float32),
         tf.TensorSpec((size, p, p, 1), tf.int32),
@@ -313,6 +319,8 @@ def val_patches(
 def make_val_dataset(images: Sequence[np.ndarray], targets: Sequence[np.ndarray], cfg: Config) -> tf.data.Dataset:
     """Finite, deterministic batches of the non-overlapping validation patches (see `val_patches`)."""
     x, y = val_patches(images, targets, cfg)
+    import tensorflow as tf
+
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(cfg.train.batch_size)
 
 

@@ -687,7 +687,7 @@ def finetune_on_reviewed(
     result = finetune(bundle, pairs, on_event=on_event, stop=stop, epochs=epochs)
     if result.status == "stopped" and result.best_epoch is None:
         return result, None
-    root, name = finetune_location(project, bundle.path)
+    root, name = finetune_location(project.folder, bundle.path)
     return result, Path(result.save(root, name))
 
 
@@ -702,9 +702,9 @@ def reviewed_pairs(project: ReviewProject, statuses: Sequence[str] = (CORRECTED,
     return pairs
 
 
-def finetune_location(project: ReviewProject, model_path: Path | str | None) -> tuple[Path, str]:
+def finetune_location(review_folder: Path | str, model_path: Path | str | None) -> tuple[Path, str]:
     """(root, name) of a fine-tuned review model: beside its parent's versions, else under `models/`."""
     path = Path(model_path) if model_path is not None else None
     if path is not None and re.match(r"^v\d{3,}$", path.name):
         return path.parent.parent, path.parent.name
-    return project.folder / "models", "review-finetuned"
+    return Path(review_folder) / "models", "review-finetuned"

@@ -40,6 +40,7 @@ from .messages import (
     Finished,
     PairRef,
     Request,
+    ReviewFinetuneRequest,
     ShutdownRequest,
     Started,
     StopRequest,
@@ -425,6 +426,11 @@ def _checkpoint_owner(request: Request) -> tuple[Path, str] | None:
         return Path(request.root).expanduser() / request.name, request.job
     if isinstance(request, FinetuneRequest):
         root, name = child_location(Path(request.parent), Path(request.fallback_root), Path(request.parent).parent.name)
+        return Path(root) / name, request.job
+    if isinstance(request, ReviewFinetuneRequest):
+        from napari_unet.core.review import finetune_location
+
+        root, name = finetune_location(request.project, request.model)
         return Path(root) / name, request.job
     return None
 

@@ -285,7 +285,7 @@ def _review_finetune(request: ReviewFinetuneRequest, emit: Emit, stop: threading
     project = rv.ReviewProject.open(request.project)
     pairs = rv.reviewed_pairs(project, request.statuses)
     updates = _Updates(request.job, emit, parent.config, None, request.scratch)
-    root, name = rv.finetune_location(project, parent.path)
+    root, name = rv.finetune_location(project.folder, parent.path)
 
     def run(on_best: Any, stop: threading.Event) -> Any:
         return core_train.finetune(parent, pairs, updates, stop, epochs=request.epochs, on_best=on_best)

@@ -36,11 +36,13 @@ class WorkerJob:
         self._relay: _Relay | None = None
         self._on_event: Callable[[Event], None] | None = None
         self._on_finished: Callable[[WorkerJob], None] | None = None
+        self._ended = True  # the end of the last job has reached the GUI thread
 
     # ------------------------------------------------------------------ state
     @property
     def running(self) -> bool:
-        return self._job is not None and self._job.running
+        """True until the job's end has been handled on the GUI thread (not merely in the worker)."""
+        return self._job is not None and (self._job.running or not self._ended)
 
     @property
     def state(self) -> JobState:
@@ -70,6 +72,7 @@ class WorkerJob:
         self._relay = _Relay()
         self._relay.event.connect(self._dispatch)
         self._on_event, self._on_finished = on_event, on_finished
+        self._ended = False
         relay = self._relay
 
         def listener(event: Event) -> None:
@@ -85,6 +88,7 @@ class WorkerJob:
             if isinstance(event, Failed) and not event.expected and event.traceback:
                 log.error("%s failed in the compute worker:\n%s", self.name, event.traceback)
             callback, self._on_finished = self._on_finished, None
+            self._ended = True
             if callback is not None:
                 callback(self)
         elif self._on_event is not None:
@@ -101,6 +105,7 @@ class WorkerJob:
     def detach(self) -> None:
         """Drop the GUI callbacks (the widget is going away); the job is stopped by `stop_and_wait`."""
         self._on_event = self._on_finished = None
+        self._ended = True
 
     def stop_and_wait(self, timeout: float = 5.0) -> bool:
         """What a closing widget does: stop, detach, wait (Stop takes effect within about 2 s)."""

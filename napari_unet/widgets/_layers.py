@@ -30,17 +30,22 @@ def unique_name(viewer: Any, base: str) -> str:
 
 
 def placement(layer: Layer, ndim: int | None = None, plane: int | None = None) -> dict[str, Any]:
-    """`scale` and `translate` that put a new layer on `layer`'s pixels.
+    """The transform that puts a new layer on `layer`'s pixels: scale, translate, rotate, shear, affine.
 
     `ndim` keeps the last dimensions only (a 2D result for a 2D image); `plane` places a single
-    plane `(1, H, W)` of a stack at its index.
+    plane `(1, H, W)` of a stack at its index. Rotation, shear and affine are carried whenever the
+    new layer has the source's dimensions (always, for a 2D image or a whole stack).
     """
     scale, translate = list(layer.scale), list(layer.translate)
+    same_ndim = ndim is None or ndim == layer.ndim
     if ndim is not None:
         scale, translate = scale[-ndim:], translate[-ndim:]
     if plane is not None and len(scale) == 3:
         translate[0] += plane * scale[0]
-    return {"scale": scale, "translate": translate}
+    where: dict[str, Any] = {"scale": scale, "translate": translate}
+    if same_ndim:
+        where.update(rotate=layer.rotate, shear=layer.shear, affine=layer.affine.affine_matrix)
+    return where
 
 
 def safe_folder_name(text: str) -> str:

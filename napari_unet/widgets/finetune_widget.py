@@ -298,4 +298,5 @@ class FinetuneWidget(JobWidget):
 
 def _prediction_score(layer: Labels) -> float:
     """Prefer labels layers the widgets predicted (what the user corrects), not training previews."""
-    return float(bool((layer.metadata.get(META_KEY) or {}).get("model")))
+    meta = layer.metadata.get(META_KEY) or {}
+    return float(bool(meta) and not meta.get("preview"))

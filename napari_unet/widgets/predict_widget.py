@@ -119,8 +119,7 @@ class PredictionLayers:
                 name=unique_name(self.viewer, f"{record.image_name} [{record.model_label}]"),
                 opacity=layer.opacity,
                 metadata=dict(layer.metadata),
-                scale=layer.scale,
-                translate=layer.translate,
+                **placement(layer),
             )
             record.labels_layer, record.edited = new, False
             self._watch(record)
@@ -357,6 +356,7 @@ class PredictWidget(JobWidget):
             image = layer_array(layer)
             self._check_image(entry, image)
         except NapariUNetError as exc:
+            self._set_status(JobState.IDLE, str(exc))  # the whole message stays readable here
             show_error(str(exc))
             return False
         self._image_layer = layer

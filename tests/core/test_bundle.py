@@ -152,7 +152,7 @@ def test_racing_writer_gets_the_next_free_number(bundle, tmp_path, monkeypatch):
     save_bundle(bundle, tmp_path, "m")
     v2 = save_bundle(bundle, tmp_path, "m")
     before = file_hashes(v2)
-    monkeypatch.setattr(bmod, "_next_version", lambda model_dir: 1)  # as if another writer took 1 and 2
+    monkeypatch.setattr(bmod, "next_version", lambda model_dir: 1)  # as if another writer took 1 and 2
     path = save_bundle(bundle, tmp_path, "m")
     assert path.name == "v003"
     assert json.loads((path / "metadata.json").read_text())["version"] == 3

@@ -16,12 +16,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# TensorFlow must be imported the LLVM-safe way before any viewer renders (see napari_unet/widgets/_tf.py);
-# this module may be the first to import it when the reliability suite runs on its own.
-from napari_unet.widgets._tf import import_tensorflow  # noqa: E402
-
-import_tensorflow()
-
+# No TensorFlow import here: viewer tests run in a pytest process of their own that never imports it
+# (tests/conftest.py); core tests import it through the core modules.
 from napari_unet.core.config import Config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

@@ -87,11 +87,8 @@ REFUSED = [
         IMAGE, LABELS.astype(np.float32) + 0.5, {},
         r"labels for case are not whole numbers",
     ),
-    (
-        "RGB image for a one-channel model",
-        np.stack([IMAGE] * 3, axis=-1), LABELS, {},
-        r"case has 3 channel\(s\) but the model expects 1",
-    ),
+    # "RGB image for a one-channel model" is no longer refused in training: the channel rule
+    # (core/channels.py, docs/reliability.md) converts it to gray by luminance.
     (
         "complex image",
         IMAGE.astype(np.complex64), LABELS, {},
@@ -435,7 +432,7 @@ def test_train_widget_offers_a_patch_that_fits_a_16_pixel_high_strip(viewer, doc
 def test_train_widget_trains_on_an_rgba_layer(viewer, dock, qtbot, tmp_path):
     from reliability_helpers import layer_state, make_tiny, wait_idle
 
-    from napari_unet.core.bundle import load_bundle
+    from napari_unet.jobs.models import model_info
 
     rgba = HANDLED["RGBA image"]()[0]
     viewer.add_image(rgba, name="rgba", rgb=True)
@@ -447,8 +444,8 @@ def test_train_widget_trains_on_an_rgba_layer(viewer, dock, qtbot, tmp_path):
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     wait_idle(qtbot)
     assert widget.status == "done", widget.result_label.text()
-    bundle = load_bundle(tmp_path / "models" / "rgba-unet" / "v001")
-    assert bundle.config.data.in_channels == 3
+    info = model_info(tmp_path / "models" / "rgba-unet" / "v001")
+    assert info.config["data"]["in_channels"] == 3
     preview = viewer.layers["preview [rgba-unet]"]
     assert preview.data.shape == (64, 64)  # the colour axis is not a spatial one
     assert {k: v for k, v in layer_state(viewer).items() if k in before} == before

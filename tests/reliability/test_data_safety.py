@@ -174,17 +174,18 @@ def test_prediction_never_replaces_a_user_layer_or_an_edited_prediction(viewer, 
 
 @pytest.mark.gui
 def test_finetuning_in_the_widget_keeps_the_corrected_layer_and_earlier_versions(
-    viewer, dock, qtbot, trained, tmp_path, gui_session
+    viewer, dock, qtbot, worker_trained, tmp_path, gui_session
 ):
     from reliability_helpers import layer_state, wait_idle
 
-    from napari_unet.core.bundle import list_versions, load_bundle
+    from napari_unet.core.versions import list_versions
+    from napari_unet.jobs.models import model_info
     from napari_unet.widgets.models_registry import ModelEntry
 
     model_dir = tmp_path / "models" / "tiny"
-    shutil.copytree(trained.path.parent, model_dir)
+    shutil.copytree(worker_trained.parent, model_dir)
     v1_files = file_hashes(model_dir / "v001")
-    entry = gui_session.add(ModelEntry.from_bundle(load_bundle(model_dir / "v001"), "loaded"))
+    entry = gui_session.add(ModelEntry.from_info(model_info(model_dir / "v001"), "loaded"))
     image, labels = blob_pair(96, 96, seed=63)
     viewer.add_image(image, name="cells")
     viewer.add_labels(labels, name="cells labels")

@@ -117,3 +117,17 @@ def test_model_list_is_shared_between_widgets(sample_viewer, qtbot, tiny_model, 
     _load(predict, qtbot, tiny_model)
     assert "tiny v1" in finetune.model_label.text()
     assert predict.model_combo.count() == 1
+
+
+def test_prediction_layers_carry_the_whole_transform_of_the_image(viewer, nuclei_sample, qtbot, tiny_model, dock):
+    """A rotated, sheared, scaled and shifted image gets labels exactly on its pixels."""
+    image, _ = nuclei_sample
+    layer = viewer.add_image(image, name="tilted", scale=(0.5, 2.0), translate=(10, -4), rotate=30, shear=[0.2])
+    widget = dock(viewer, "Predict")
+    _load(widget, qtbot, tiny_model)
+    widget.image_picker.set_layer(layer)
+    _predict(widget, qtbot)
+    labels = widget.last_record.labels_layer
+    np.testing.assert_allclose(labels.affine.affine_matrix, layer.affine.affine_matrix)
+    for point in ((0, 0), (5, 7), (200, 31)):  # the same pixel lands at the same world position
+        np.testing.assert_allclose(labels.data_to_world(point), layer.data_to_world(point))
