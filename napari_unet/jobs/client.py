@@ -85,6 +85,7 @@ class Job:
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _stop_requested: bool = False
     _timer: threading.Timer | None = field(default=None, repr=False)
+    _cleanup: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def title(self) -> str:
@@ -115,6 +116,8 @@ class Job:
     def _end(self, state: JobState, result: Any = None, failure: Failed | None = None) -> None:
         if self._done.is_set():
             return
+        if self._cleanup is not None:  # before anyone waiting hears of the end
+            self._cleanup()
         self.state, self.result, self.failure = state, result, failure
         if self._timer is not None:
             self._timer.cancel()
@@ -218,6 +221,7 @@ class ComputeClient:
             request = source if isinstance(source, Request) else source(self.session_dir)
             request.job, request.scratch = job.id, str(self.session_dir)
             job.request = request
+            job._cleanup = lambda: _release_inputs(request)
             if job.stop_requested:
                 job._end(JobState.STOPPED, _stopped_outcome(request, None))
                 return
@@ -231,7 +235,6 @@ class ComputeClient:
 
             job._end(JobState.CRASHED, failure=Failed(job.id, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         finally:
-            _release_inputs(job.request)
             with self._lock:
                 self._current = None
                 if not self._closed:
