@@ -383,8 +383,7 @@ class ReviewProject:
         return candidate
 
     def load_image(self, name: str) -> np.ndarray:
-        item = self.item(name)
-        path = Path(item.source) if item.is_file else self.folder / "images" / f"{name}.tif"
+        path = self._source_path(name)
         image = read_image(path)
         if image.size == 0:
             raise InputError(f"Cannot read {path.name}: it holds no image data (the file is empty or damaged).")
@@ -538,25 +537,26 @@ class ReviewProject:
                 pairs.append(TrainingPair(self.load_image(name), mask, name))
         return pairs
 
-    def export(self, dest: str | Path, statuses: Sequence[str] = REVIEWED_MASKS) -> list[Path]:
-        """Write the reviewed masks as label TIFFs named like the input images (stem + .tif)."""
-        dest = Path(dest).expanduser()
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"Cannot create the export folder {dest}: {exc}. Choose another folder.") from exc
-        written = []
-        for name in self.with_status(*statuses):
-            mask = self.mask(name)
-            if mask is None:
-                continue
-            item = self.item(name)
-            stem = Path(item.source).stem if item.is_file else name
-            try:
-                written.append(write_labels(dest / f"{stem}.tif", mask))
-            except OSError as exc:
-                raise InputError(f"Cannot write to {dest}: {exc}. Choose another export folder.") from exc
-        return written
+    def export(
+        self, dest: str | Path, statuses: Sequence[str] = REVIEWED_MASKS, overwrite: bool = False
+    ) -> list[Path]:
+        """Write the reviewed masks as label TIFFs named like the input images, under the output policy.
+
+        Never into a folder holding the images (or the review's own copies), never over an existing
+        file unless `overwrite` (and then only over napari-unet's own files); images that share a name
+        get mirrored relative paths. Everything is checked before the first file is written.
+        """
+        from .outputs import plan_outputs
+
+        chosen = [(name, self.mask(name)) for name in self.with_status(*statuses)]
+        chosen = [(name, mask) for name, mask in chosen if mask is not None]
+        sources = [self._source_path(name) for name, _ in chosen]
+        plans = plan_outputs(sources, dest, protected=[self.folder / INDEX_FILE], overwrite=overwrite)
+        return [write_labels(plan.path, mask, overwrite=overwrite) for plan, (_, mask) in zip(plans, chosen)]
+
+    def _source_path(self, name: str) -> Path:
+        item = self.item(name)
+        return Path(item.source) if item.is_file else self.folder / "images" / f"{name}.tif"
 
     # ------------------------------------------------------------ files
     def save(self) -> None:

@@ -12,7 +12,7 @@ import tifffile
 
 from napari_unet.core import review as rv
 from napari_unet.core.config import Config
-from napari_unet.core.errors import InputError
+from napari_unet.core.errors import InputError, NapariUNetError
 
 N_TRAIN = 8  # first 256x256 gray nuclei images train the model; the rest are held out
 
@@ -130,7 +130,7 @@ def test_nothing_to_review_before_prediction(tmp_path, image_folder):
         project.accept(name)
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(InputError, match="Choose another"):
+    with pytest.raises(NapariUNetError, match="[Cc]hoose"):
         project.export(blocker / "export")
 
 
@@ -248,3 +248,29 @@ def test_predicting_a_mixed_folder_and_finetuning_on_corrections(
     redone = list(rv.predict_items(project, child, project.with_status("unreviewed"), only_unreviewed=True))
     assert [d.name for d in redone if d.prediction is not None] == [n for n in ok if n != name]
     assert project.item(ok[1]).model_version == 2 and project.item(name).model_version == 1
+
+
+def test_export_follows_the_output_policy(tmp_path, nuclei_pairs):
+    """Never next to the images, never over an existing file, distinct names for same-named images."""
+    from napari_unet.core.errors import OutputError
+
+    images = tmp_path / "images"
+    for sub in ("a", "b"):
+        (images / sub).mkdir(parents=True)
+        tifffile.imwrite(images / sub / "same.tif", nuclei_pairs[0][1][:64, :64])
+    project = rv.ReviewProject.open(tmp_path / "review")
+    names = project.add_files([images / "a", images / "b"])
+    for name in names:
+        project.record_prediction(name, _prediction(nuclei_pairs[0][2][:64, :64] > 0), None, None)
+        project.accept(name)
+    before = sorted(p.name for p in images.rglob("*"))
+    with pytest.raises(OutputError, match="holds input images"):
+        project.export(images / "a")
+    with pytest.raises(OutputError, match="holds input images"):
+        project.export(tmp_path / "review")
+    written = project.export(tmp_path / "out")
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in written) == ["a/same.tif", "b/same.tif"]
+    with pytest.raises(OutputError, match="already exist"):
+        project.export(tmp_path / "out")
+    assert len(project.export(tmp_path / "out", overwrite=True)) == 2
+    assert sorted(p.name for p in images.rglob("*")) == before
