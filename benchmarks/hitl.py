@@ -23,8 +23,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from benchmarks._common import Report, bench_main, read_pairs, training_pairs
 
 ROUNDS = 3

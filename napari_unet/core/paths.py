@@ -28,7 +28,23 @@ def check_model_name(name: str) -> None:
 
 
 def child_location(parent_path: Path | None, fallback_root: Path, name: str) -> tuple[Path, str]:
-    """(root, name) for a fine-tuned child: beside its parent's `vNNN` versions, else `fallback_root/name`."""
+    """(root, name) for a fine-tuned child: beside its parent's `vNNN` versions, else `fallback_root/name`.
+
+    A child of the shipped starter model goes to `fallback_root`: the installed package is never written.
+    """
+    if parent_path is not None and is_shipped(parent_path):
+        return fallback_root, Path(parent_path).parent.name
     if parent_path is not None and Path(parent_path).is_dir() and re.fullmatch(r"v\d{3,}", Path(parent_path).name):
         return Path(parent_path).parent.parent, Path(parent_path).parent.name
     return fallback_root, name
+
+
+def is_shipped(path: Path | str) -> bool:
+    """Whether `path` lies inside the installed package (the starter models): never written to."""
+    from .starter import STARTER_ROOT
+
+    try:
+        Path(path).resolve().relative_to(STARTER_ROOT.resolve())
+    except ValueError:
+        return False
+    return True

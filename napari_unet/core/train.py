@@ -34,7 +34,7 @@ from .states import JobState
 from .losses import make_loss
 from .metrics import make_metrics
 from .model import build_model, configure_devices
-from .predict import predict_probabilities
+from .predict import PredictionStopped, predict_probabilities
 from .scores import dice_score, per_class_dice
 from .targets import probabilities_to_labels
 from .tuning import default_postprocessing, objective, reference_sizes, score_images, tune_postprocessing
@@ -67,12 +67,15 @@ class TrainEvent:
     message: str = ""
     model: Any = field(default=None, repr=False, compare=False)  # the model being trained (for previews)
     selected: bool = False  # epoch events: this epoch became the model Stop would keep
+    time_limit_s: float = 0.0  # the run's wall-clock budget (0: none)
 
     @property
     def fraction(self) -> float:
-        """Share of all planned steps done, 0..1."""
+        """Share of the run done, 0..1: of all planned steps, or of the time budget when that ends it sooner."""
         total = max(self.epochs * self.steps, 1)
-        return min(1.0, ((self.epoch - 1) * self.steps + self.step) / total)
+        by_steps = ((self.epoch - 1) * self.steps + self.step) / total
+        by_time = self.elapsed_s / self.time_limit_s if self.time_limit_s > 0 else 0.0
+        return min(1.0, max(by_steps, by_time))
 
 
 @dataclass
@@ -210,11 +213,9 @@ def finetune(
     )
     after = evaluate_arrays(model, data.val_images, data.val_targets, cfg, data.val_labels) if data.val_images else {}
     metrics = {**after, **{f"before_{k}": v for k, v in before.items()}}
-    if replay_images:
-        metrics["replay_dice"] = evaluate_arrays(model, replay_images, replay_targets, cfg).get("dice", float("nan"))
-        metrics["before_replay_dice"] = evaluate_arrays(parent.model, replay_images, replay_targets, cfg).get(
-            "dice", float("nan")
-        )
+    if guard is not None:  # the replay patches selection watched (all of them would cost seconds per round)
+        metrics["replay_dice"] = evaluate_arrays(model, *guard, cfg).get("dice", float("nan"))
+        metrics["before_replay_dice"] = evaluate_arrays(parent.model, *guard, cfg).get("dice", float("nan"))
     return result(model, cfg, history, status, best_epoch, metrics)
 
 
@@ -498,7 +499,7 @@ class _Progress(keras.callbacks.Callback):
             TrainEvent(
                 kind=kind, epoch=self.epoch, epochs=self.epochs, step=self.step, steps=self.steps, logs=clean,
                 elapsed_s=self.elapsed(), eta_s=self.eta() if status == JobState.RUNNING else None, status=status,
-                message=message, model=self.model, selected=selected,
+                message=message, model=self.model, selected=selected, time_limit_s=self.time_limit_s,
             )
         )
 
@@ -553,6 +554,8 @@ class _Progress(keras.callbacks.Callback):
             score = -float(logs.get("loss", np.inf))
         else:
             score = float("nan")  # validation cut short by Stop: this epoch cannot be selected
+            # ReduceLROnPlateau wants the key; "no better" changes nothing, as training ends here.
+            keras_logs["val_score"] = float("-inf")
         selected = self.selection.update(epoch + 1, score) if np.isfinite(score) or self.cfg.train.keep == "last" else False
         if selected:
             self.weights = [np.array(w, copy=True) for w in self.model.get_weights()]
@@ -571,11 +574,12 @@ class _Progress(keras.callbacks.Callback):
         d = self.data
         if d.val_images:
             probs = []
-            for image in d.val_images:
-                if self.stop is not None and self.stop.is_set():
-                    self._check_stop()
-                    return None
-                probs.append(predict_probabilities(self.model, image, self.cfg))
+            try:  # Stop is obeyed between validation images and between their tiles
+                for image in d.val_images:
+                    probs.append(predict_probabilities(self.model, image, self.cfg, stop=self.stop))
+            except PredictionStopped:
+                self._check_stop()
+                return None
             scores = _scores_from_probs(probs, d.val_targets, self.cfg, d.val_labels)
             out.update({f"val_{k}": v for k, v in scores.items()})
             losses = [

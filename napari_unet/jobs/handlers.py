@@ -112,6 +112,7 @@ class _Updates:
             TrainUpdate(
                 self.job, event.kind, event.epoch, event.epochs, event.step, event.steps, dict(event.logs),
                 event.elapsed_s, event.eta_s, JobState(event.status).value, event.message, selected,
+                event.fraction,
             )
         )  # fmt: skip
         if event.kind == "epoch" and selected and self.preview is not None and event.model is not None:

@@ -193,11 +193,7 @@ class TrainUpdate(Event):
     status: str = JobState.RUNNING.value
     message: str = ""
     selected: bool = False  # this epoch's model is the one Stop would keep
-
-    @property
-    def fraction(self) -> float:
-        total = max(self.epochs * self.steps, 1)
-        return min(1.0, ((self.epoch - 1) * self.steps + self.step) / total)
+    fraction: float = 0.0  # share of the run done (of the steps, or of the time budget), from the core
 
 
 @dataclass

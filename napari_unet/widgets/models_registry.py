@@ -13,6 +13,7 @@ import numpy as np
 from psygnal import Signal
 
 from napari_unet.core.config import Config
+from napari_unet.core.paths import is_shipped
 from napari_unet.core.versions import is_version_dir, write_current
 from napari_unet.jobs.messages import ModelInfo
 
@@ -168,7 +169,7 @@ class ModelRegistry:
 
 def _remember_current(entry: ModelEntry | None) -> None:
     """Record the version in its model folder, so the next session (and `load_bundle`) starts from it."""
-    if entry is not None and entry.path is not None and is_version_dir(entry.path):
+    if entry is not None and entry.path is not None and is_version_dir(entry.path) and not is_shipped(entry.path):
         write_current(entry.path)
 
 

@@ -47,7 +47,10 @@ from .models_registry import ModelEntry, ModelRegistry
 
 #: Post-processing of larger results runs in a worker, smaller ones at once on the GUI thread.
 SYNC_POSTPROCESS_PIXELS = 2_000_000
-NO_MODEL = "No model yet: train one with the Train widget, or load one with Load… (a model folder or .zip)."
+NO_MODEL = (
+    "No model yet: train one with the Train widget, or load one with Load… (a model folder or .zip, or the "
+    "starter model for fluorescence nuclei)."
+)
 
 
 @dataclass(eq=False)
@@ -172,6 +175,7 @@ class PredictWidget(JobWidget):
         menu = QMenu(load_button)
         menu.addAction("Model folder…", self._browse_folder)
         menu.addAction("Model .zip…", self._browse_zip)
+        menu.addAction("Starter model: fluorescence nuclei", self.load_starter)
         load_button.setMenu(menu)
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("or type a model folder / .zip path and press Enter")
@@ -307,6 +311,17 @@ class PredictWidget(JobWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Model .zip", "", "Model archives (*.zip)")
         if path:
             self.load_model(path)
+
+    def load_starter(self) -> bool:
+        """Load the shipped nuclei model: a mask before anything is painted, and a start for fine-tuning."""
+        from napari_unet.core.starter import starter_model_path
+
+        try:
+            path = starter_model_path()
+        except FileNotFoundError as exc:
+            show_error(str(exc))
+            return False
+        return self.load_model(path)
 
     def load_model(self, path: str | Path) -> bool:
         """Load a model folder, version folder or .zip in the background; it becomes the current model."""

@@ -34,6 +34,7 @@ from ._checks import (
     training_arrays,
 )
 from napari_unet.core.states import JobState
+from napari_unet.core.suggest import suggest_task
 from napari_unet.jobs import arrays
 from napari_unet.jobs.messages import Event, PreviewReady, TrainOutcome
 
@@ -46,6 +47,8 @@ from ._settings import TrainingSettings
 from ._tasks import preview_plane, train_request
 from .models_registry import CorrectedPair, ModelEntry, ModelRegistry
 
+#: Labels larger than this are not scanned to suggest a task (the user picks it).
+SUGGEST_MAX_PIXELS = 50_000_000
 NO_LAYERS = (
     "No image and labels layers are open. Open an image and its labels (File > Open), or try "
     "File > Open Sample > napari-unet > Nuclei, then pick them here."
@@ -181,10 +184,23 @@ class TrainWidget(JobWidget):
         self.body_layout.addLayout(buttons)
         self.body_layout.addWidget(self.monitor)
         self.body_layout.addWidget(self.result_label)
+        self._task_chosen = False
+        self.settings.task.activated.connect(lambda _i: setattr(self, "_task_chosen", True))
         self.add_pair()
+        self.rows[0].labels.layerChanged.connect(self._suggest_task)
+        self._suggest_task()
         self.finish_layout()
 
     # ------------------------------------------------------------------ pairs
+    def _suggest_task(self, *_: Any) -> None:
+        """The task the first labels layer suggests (one id per object: instances), unless the user chose one."""
+        labels = self.rows[0].labels.layer() if self.rows else None
+        if labels is None or self._task_chosen or not isinstance(labels.data, np.ndarray):
+            return
+        if labels.data.size > SUGGEST_MAX_PIXELS:
+            return
+        self.settings.task.setCurrentText(suggest_task(labels.data))
+
     def add_pair(self) -> PairRow:
         row = PairRow(self.viewer, self.remove_pair)
         self.track_picker(row.image)

@@ -71,21 +71,21 @@ def test_stop_mid_epoch_keeps_the_last_complete_epoch(no_thread_leak):
 
 
 class StopWhileValidating:
-    """A stop flag that turns on at the N-th validation batch, i.e. while Keras is evaluating."""
+    """A stop flag that turns on at its N-th check during validation (the whole-image validation pass)."""
 
     def __init__(self, at_batch: int = 2) -> None:
         self.at_batch, self.validation_batches, self.on = at_batch, 0, False
 
     def is_set(self) -> bool:
         frame, names = sys._getframe(1), set()
-        for _ in range(4):
+        for _ in range(6):
             if frame is None:
                 break
             names.add(frame.f_code.co_name)
             frame = frame.f_back
-        if "on_test_batch_begin" in names:
+        if "_validate" in names and not self.on:
             self.validation_batches += 1
-            self.on = self.on or self.validation_batches >= self.at_batch
+            self.on = self.validation_batches >= self.at_batch
         return self.on
 
 
@@ -99,7 +99,7 @@ def test_stop_during_validation_skips_the_rest_of_it(no_thread_leak):
     t0 = time.monotonic()
     result = train(_pairs(), cfg, events.append, stop, val_pairs=val_pairs)
     assert result.status == "stopped" and events[-1].status == "stopped"
-    assert stop.validation_batches == 2, "validation ends at the batch where Stop was seen"
+    assert stop.validation_batches == 2, "validation ends at the check where Stop was seen"
     assert [(e.epoch, e.step) for e in events if e.kind == "batch"][-1] == (1, 4)
     # The cut-short validation is not reported as if complete, nor used to pick the best weights.
     assert "val_loss" not in result.history and len(result.history["loss"]) == 1

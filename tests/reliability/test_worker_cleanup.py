@@ -90,3 +90,30 @@ def test_twenty_train_stop_cycles_and_twenty_killed_workers_leave_nothing_behind
     # Whatever epochs finished became versions; no checkpoint or temporary folder is left.
     hidden = [p.name for p in (root / "cycles").glob(".*")] if (root / "cycles").exists() else []
     assert hidden == [] and all((v / "model.keras").is_file() for v in list_versions(root / "cycles"))
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_the_worker_gives_its_memory_back_when_idle_and_can_be_pinned_to_a_device(tmp_path):
+    from napari_unet.jobs.client import WorkerError
+    from napari_unet.jobs.messages import InspectRequest
+
+    client = ComputeClient(idle_s=1.0, device="3")
+    try:
+        with pytest.raises(WorkerError, match="does not exist"):
+            client.run(InspectRequest(str(tmp_path / "no-model")), 120)
+        pid = client.worker_pid
+        assert _environ(pid)["CUDA_VISIBLE_DEVICES"] == "3", "pinned for the worker"
+        assert os.environ.get("CUDA_VISIBLE_DEVICES") != "3", "and for the worker only"
+        deadline = time.monotonic() + 30
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", "it left when idle"
+        with pytest.raises(WorkerError, match="does not exist"):  # the next job starts a new worker
+            client.run(InspectRequest(str(tmp_path / "no-model")), 120)
+        assert client.starts == 2
+    finally:
+        client.close()

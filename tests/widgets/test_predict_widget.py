@@ -131,3 +131,24 @@ def test_prediction_layers_carry_the_whole_transform_of_the_image(viewer, nuclei
     np.testing.assert_allclose(labels.affine.affine_matrix, layer.affine.affine_matrix)
     for point in ((0, 0), (5, 7), (200, 31)):  # the same pixel lands at the same world position
         np.testing.assert_allclose(labels.data_to_world(point), layer.data_to_world(point))
+
+
+def test_the_starter_model_gives_a_mask_before_anything_is_painted(viewer, nuclei_sample, qtbot, dock, tmp_path):
+    """Load… > Starter model: nuclei are found in an image nobody labelled, and nothing is written
+    into the installed package."""
+    from napari_unet.core.starter import starter_model_path
+
+    starter = starter_model_path()
+    before = sorted(p.name for p in starter.parent.iterdir())
+    image, labels = nuclei_sample
+    viewer.add_image(image, name="unlabelled")
+    widget = dock(viewer, "Predict")
+    assert widget.load_starter()
+    qtbot.waitUntil(lambda: not widget.load_job.running, timeout=120_000)
+    assert widget.entry is not None and widget.entry.config.data.task == "instances"
+    _predict(widget, qtbot)
+    found = widget.last_record.labels_layer.data
+    truth = labels > 0
+    dice = 2 * np.sum((found > 0) & truth) / (np.sum(found > 0) + np.sum(truth))
+    assert dice > 0.7 and len(np.unique(found)) > 10, dice
+    assert sorted(p.name for p in starter.parent.iterdir()) == before

@@ -107,3 +107,18 @@ def test_presets_and_advanced_settings_make_the_config(viewer, dock):
     cfg = settings.config(in_channels=3)
     assert cfg.n_outputs == 4 and cfg.train.class_weights == [1.0, 2.0, 2.0, 5.0]
     assert cfg.data.elastic and cfg.data.in_channels == 3 and cfg.train.loss == "cce"
+
+
+def test_the_task_follows_the_labels_until_the_user_picks_one(viewer, nuclei_sample, dock):
+    image, labels = nuclei_sample
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="one id per nucleus")
+    widget = dock(viewer, "Train")
+    assert widget.settings.task.currentText() == "instances"
+    viewer.add_labels((labels > 0).astype(np.uint8), name="a mask")
+    widget.rows[0].labels.set_layer(viewer.layers["a mask"])
+    assert widget.settings.task.currentText() == "binary"
+    widget.settings.task.setCurrentText("classes")
+    widget.settings.task.activated.emit(1)  # as a user's choice in the combo box
+    widget.rows[0].labels.set_layer(viewer.layers["one id per nucleus"])
+    assert widget.settings.task.currentText() == "classes"
