@@ -29,19 +29,26 @@ def session(viewer, args: argparse.Namespace, report: dict, phase: list[str]) ->
 
     from napari_unet.jobs.client import session_client
 
+    import threading
+
+    phase[0] = "dock widgets"
     add = viewer.window.add_plugin_dock_widget
     predict = add("napari-unet", "Predict")[1]
     train = add("napari-unet", "Train", tabify=True)[1]
     finetune = add("napari-unet", "Fine-tune", tabify=True)[1]
     review = add("napari-unet", "Review", tabify=True)[1]
     client = session_client()
+    yield lambda: True  # let the docks show
 
     phase[0] = "load model"
     predict.path_edit.setText(args.model)
     predict.path_edit.returnPressed.emit()  # the user types the folder and presses Enter
     yield lambda: not predict.load_job.running
     report["loaded"] = predict.entry.label if predict.entry is not None else None
-    client.release_worker()  # as after the idle time: the next Predict starts a cold worker
+    # As after the idle time: the next Predict starts a cold worker (waited for off the GUI thread).
+    release = threading.Thread(target=client.release_worker)
+    release.start()
+    yield lambda: not release.is_alive()
 
     for kind in ("cold", "warm"):
         phase[0] = f"predict 512 {kind}"

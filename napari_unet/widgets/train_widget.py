@@ -48,7 +48,7 @@ from ._tasks import preview_plane, train_request
 from .models_registry import CorrectedPair, ModelEntry, ModelRegistry
 
 #: Labels larger than this are not scanned to suggest a task (the user picks it).
-SUGGEST_MAX_PIXELS = 50_000_000
+SUGGEST_MAX_PIXELS = 4_000_000  # a few ms on the GUI thread
 NO_LAYERS = (
     "No image and labels layers are open. Open an image and its labels (File > Open), or try "
     "File > Open Sample > napari-unet > Nuclei, then pick them here."
