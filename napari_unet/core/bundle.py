@@ -33,7 +33,7 @@ import numpy as np
 import tifffile
 
 from .config import Config
-from .paths import ENV_MODEL_DIR, check_model_name, default_model_root  # noqa: F401  (re-exported)
+from .paths import ENV_MODEL_DIR, check_model_name, default_model_root, pid_alive  # noqa: F401  (re-exported)
 from .errors import BundleError, ConfigError, InputError
 from .versions import (  # noqa: F401  (re-exported)
     checkpoint_dir,
@@ -44,6 +44,7 @@ from .versions import (  # noqa: F401  (re-exported)
     read_current,
     replace_checkpoint,
     version_number,
+    write_json,
 )
 
 FORMAT_VERSION = 1
@@ -164,23 +165,8 @@ def save_bundle(
     float32 ``(H, W, C)`` patches and int ``(H, W)`` targets, stored as TIFF for fine-tuning.
     Sets ``bundle.path``, ``bundle.version`` and ``bundle.metadata`` on success.
     """
-    _check_name(name)
-    cfg = bundle.config.validate()
-    in_ch, out_ch = _model_channels(bundle.model)
-    _check_model_matches(in_ch, out_ch, cfg, f"The model to save ({name})")
-    replay_arrays = _check_replay(replay) if replay is not None else None
-
     model_dir = Path(root).expanduser() / name
-    tmp = _temp_folder(model_dir)
-    try:
-        metadata = _write_folder(bundle, cfg, tmp, name, next_version(model_dir), in_ch, replay_arrays)
-        target = publish(tmp, model_dir, metadata["version"])
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        error = _save_error(exc, model_dir)
-        if error is exc:
-            raise
-        raise error from exc
+    target, metadata = _save(bundle, model_dir, name, replay, lambda tmp, meta: publish(tmp, model_dir, meta["version"]))
     metadata["version"] = version_number(target)
     bundle.path, bundle.version, bundle.metadata = target, metadata["version"], metadata
     return target
@@ -198,24 +184,35 @@ def save_checkpoint(
     `versions.promote_checkpoint` publishes it (also from a process without TensorFlow, after the
     job was killed); a later checkpoint of the same job replaces it.
     """
+    model_dir = Path(root).expanduser() / name
+    target = checkpoint_dir(model_dir, job)
+    _save(bundle, model_dir, name, replay, lambda tmp, _meta: replace_checkpoint(tmp, target))
+    return target
+
+
+def _save(
+    bundle: ModelBundle,
+    model_dir: Path,
+    name: str,
+    replay: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None,
+    place: Any,
+) -> tuple[Path, dict]:
+    """Check, write everything into a temporary folder, then `place(tmp, metadata)` it; cleans up on failure."""
     _check_name(name)
     cfg = bundle.config.validate()
     in_ch, out_ch = _model_channels(bundle.model)
     _check_model_matches(in_ch, out_ch, cfg, f"The model to save ({name})")
     replay_arrays = _check_replay(replay) if replay is not None else None
-    model_dir = Path(root).expanduser() / name
     tmp = _temp_folder(model_dir)
     try:
-        _write_folder(bundle, cfg, tmp, name, next_version(model_dir), in_ch, replay_arrays)
-        target = checkpoint_dir(model_dir, job)
-        replace_checkpoint(tmp, target)
+        metadata = _write_folder(bundle, cfg, tmp, name, next_version(model_dir), in_ch, replay_arrays)
+        return place(tmp, metadata), metadata
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         error = _save_error(exc, model_dir)
         if error is exc:
             raise
         raise error from exc
-    return target
 
 
 def _temp_folder(model_dir: Path) -> Path:
@@ -256,23 +253,9 @@ def _remove_stale_temp_folders(model_dir: Path) -> None:
             age = time.time() - entry.stat().st_mtime
         except OSError:
             continue
-        alive = pid_text.isdigit() and _pid_alive(int(pid_text))
+        alive = pid_text.isdigit() and pid_alive(int(pid_text))
         if (pid_text.isdigit() and not alive) or age > _STALE_TEMP_S:
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would end the process: rely on the age
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists, owned by someone else
-    return True
 
 
 def _write_folder(
@@ -344,14 +327,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    try:
-        text = json.dumps(data, indent=2, default=_json_default)
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"Cannot store {path.name}: {exc}. Pass plain numbers, strings, lists and dicts.") from exc
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    write_json(path, data, default=_json_default)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -48,3 +48,18 @@ def is_shipped(path: Path | str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` may still run (another user's process counts; on Windows, always True)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_unet.core.paths import pid_alive
+
 from .messages import ArrayRef
 
 PREFIX = "napari-unet-"
@@ -37,18 +39,8 @@ def remove_stale(root: Path) -> None:
             pid = int(folder.name[len(PREFIX) :].split("-", 1)[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def put(folder: Path | str, array: object, chunk_rows: int = 1024) -> ArrayRef:

@@ -341,7 +341,10 @@ class ComputeClient:
         with self._lock:
             if self.busy:
                 return
-            proc = self._proc
+        self._shut_worker_down(timeout)
+
+    def _shut_worker_down(self, timeout: float) -> None:
+        proc = self._proc
         self._send(ShutdownRequest())
         if proc is not None:
             try:
@@ -368,14 +371,7 @@ class ComputeClient:
         if current is not None:
             self.stop(current)
             current.wait(self.grace_s + 3)
-        self._send(ShutdownRequest())
-        proc = self._proc
-        if proc is not None:
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self._drop_worker()
+        self._shut_worker_down(timeout)
         shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
