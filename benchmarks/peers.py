@@ -406,7 +406,7 @@ def table(results: dict[str, dict[str, Any]], marks: Sequence[float]) -> str:
     names = {"napari_unet": "napari-unet, defaults", "seed_unet": "seed tutorial U-Net", "stardist": "StarDist 2D"}
     lines = []
     head = " | ".join(f"{_label(m)}" for m in marks)
-    lines.append(f"| data | system | " + " | ".join(f"Dice {_label(m)}" for m in marks) + " | "
+    lines.append("| data | system | " + " | ".join(f"Dice {_label(m)}" for m in marks) + " | "
                  + " | ".join(f"F1 {_label(m)}" for m in marks) + " | load |")
     lines.append("|" + "---|" * (3 + 2 * len(marks)))
     for key, res in results.items():

@@ -10,7 +10,6 @@ Loading inspects the Keras config before Keras sees it and refuses anything but 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os

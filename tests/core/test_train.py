@@ -6,7 +6,6 @@ import hashlib
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from napari_unet.core.config import Config
@@ -96,7 +95,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 def test_finetuning_improves_the_new_image_and_keeps_the_old_version(trained, nuclei_pairs):
-    from napari_unet.core.bundle import load_bundle, save_bundle
+    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.evaluate import evaluate_pairs
     from napari_unet.core.train import finetune
 

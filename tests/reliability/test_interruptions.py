@@ -333,7 +333,6 @@ def test_closing_the_viewer_while_training_keeps_the_best_epoch_and_no_thread(
 ):
     from reliability_helpers import make_tiny, wait_idle
 
-    from napari_unet.jobs.models import model_info
 
     viewer = make_napari_viewer()
     _add_pair(viewer)
