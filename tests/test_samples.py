@@ -181,9 +181,13 @@ def test_wheel_ships_sample_data(tmp_path: Path) -> None:
     assert "napari_unet/napari.yaml" in names
     for name in SAMPLE_FILES + ["README.md", "__init__.py"]:
         assert f"napari_unet/sample_data/{name}" in names, name
+    # The compute worker and the starter model ship too.
+    assert {"napari_unet/jobs/worker.py", "napari_unet/jobs/client.py"} <= names
+    assert "napari_unet/starter/nuclei/v001/model.keras" in names
     # Load the samples from the unpacked wheel, not from the source tree.
     code = (
         "import napari_unet.samples as s; a, b = s.load_sample('chest_xray'); c, d = s.load_sample('nuclei');"
+        "import napari_unet.jobs.worker, napari_unet.core.starter as st; st.starter_model_path();"
         "print(s.__file__); print(a.shape, b.shape, c.shape, d.shape)"
     )
     env["PYTHONPATH"] = str(tmp_path / "site")
