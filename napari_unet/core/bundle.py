@@ -34,6 +34,7 @@ import tifffile
 from .config import Config
 from .paths import ENV_MODEL_DIR, check_model_name, default_model_root, pid_alive  # noqa: F401  (re-exported)
 from .errors import BundleError, ConfigError, InputError
+from .outputs import follow_umask
 from .versions import (  # noqa: F401  (re-exported)
     checkpoint_dir,
     latest_version,
@@ -222,13 +223,7 @@ def _temp_folder(model_dir: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=model_dir))
     except OSError as exc:
         raise BundleError(f"Cannot create the model folder {model_dir}: {exc}. Choose a writable folder.") from exc
-    # mkdtemp makes 0700 folders: published versions follow the umask, so a colleague can read a shared model.
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o777 & ~umask)
-    except OSError:
-        pass
+    follow_umask(tmp, 0o777)  # published versions follow the umask, so a colleague can read a shared model
     return tmp
 
 

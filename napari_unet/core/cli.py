@@ -95,44 +95,25 @@ def _path(text: str) -> Path:
     return Path(text).expanduser()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {value}")
-    return value
+def _number(convert: Any, accept: Any, wanted: str) -> Any:
+    """An argparse `type` that converts a number and refuses values `accept` rejects (NaN and inf too)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not (math.isfinite(value) and accept(value)):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
-    return value
+_positive_int = _number(int, lambda v: v > 0, "a whole number above 0")
+_count = _number(int, lambda v: v >= 0, "a whole number (0 or more)")
+_positive_float = _number(float, lambda v: v > 0, "a positive finite number")
+_probability = _number(float, lambda v: 0.0 <= v <= 1.0, "a number between 0 and 1")
 
 
 def _axes(text: str) -> str:

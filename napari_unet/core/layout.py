@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,35 +145,44 @@ def _metadata_layout(tif, series, name: str) -> Layout | None:
 def read_image(path: str | Path, axes: str | None = None) -> tuple[np.ndarray, Layout]:
     """Read an image file and say how its axes were read; raises InputError for unusable files."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist or is not a file.")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # truncation is reported below, not as a library warning
-                with tifffile.TiffFile(path) as tif:
-                    if not tif.series:
-                        raise InputError(f"{path.name} holds no image.")
-                    series = tif.series[0]
-                    layout = None if axes is not None else _metadata_layout(tif, series, path.name)
-                    array = np.asarray(series.asarray())
-        else:
-            import imageio.v3 as iio
-
-            array = np.asarray(iio.imread(path))
-            layout = None
-            if axes is None and array.ndim == 3 and array.shape[-1] in (1, 2, 3, 4):
-                layout = Layout(tuple(array.shape), "YXC", "file format")
-    except InputError:
-        raise
-    except Exception as exc:  # any reader failure is the file's fault here
-        raise InputError(f"Cannot read {path.name}: {exc}") from exc
+    array, layout = _read_file(path, lambda tif, series: None if axes is not None else _metadata_layout(tif, series, path.name))
+    if layout is None and axes is None and not _is_tiff(path) and array.ndim == 3 and array.shape[-1] in (1, 2, 3, 4):
+        layout = Layout(tuple(array.shape), "YXC", "file format")
     if layout is not None and layout.shape != tuple(array.shape):
         array = array.reshape(layout.shape)  # only singleton channel axes were dropped
     if layout is None:
         layout = infer_layout(array.shape, path.name, axes)
+    return array, layout
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _read_file(path: Path, tiff_layout: Callable[[Any, Any], Layout | None]) -> tuple[np.ndarray, Layout | None]:
+    """The array of an image file and, for a TIFF, `tiff_layout(tif, series)`; InputError when unusable."""
+    if not path.is_file():
+        raise InputError(f"{path} does not exist or is not a file.")
+    layout = None
+    try:
+        if _is_tiff(path):
+            import tifffile
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # truncation is reported by `tiff_layout`, not as a library warning
+                with tifffile.TiffFile(path) as tif:
+                    if not tif.series:
+                        raise InputError(f"{path.name} holds no image.")
+                    layout = tiff_layout(tif, tif.series[0])
+                    array = np.asarray(tif.series[0].asarray())
+        else:
+            import imageio.v3 as iio
+
+            array = np.asarray(iio.imread(path))
+    except InputError:
+        raise
+    except Exception as exc:  # any reader failure is the file's fault here
+        raise InputError(f"Cannot read {path.name}: {exc}") from exc
     return array, layout
 
 
@@ -192,28 +203,8 @@ def to_core(array: np.ndarray, layout: Layout) -> np.ndarray:
 def read_labels(path: str | Path) -> np.ndarray:
     """Read a label image: ``(H, W)`` or a stack ``(N, H, W)`` (singleton axes dropped)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist or is not a file.")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with tifffile.TiffFile(path) as tif:
-                    if not tif.series:
-                        raise InputError(f"{path.name} holds no image.")
-                    if tif.is_imagej:
-                        _metadata_layout(tif, tif.series[0], path.name)  # refuses truncated stacks
-                    array = np.asarray(tif.series[0].asarray())
-        else:
-            import imageio.v3 as iio
-
-            array = np.asarray(iio.imread(path))
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"Cannot read {path.name}: {exc}") from exc
+    # An ImageJ stack's metadata is read only to refuse a truncated one.
+    array, _ = _read_file(path, lambda tif, series: _metadata_layout(tif, series, path.name) if tif.is_imagej else None)
     if array.ndim > 2:
         squeezed = np.squeeze(array)
         array = squeezed if squeezed.ndim >= 2 else array

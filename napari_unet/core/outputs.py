@@ -178,7 +178,7 @@ def write_atomic(path: Path | str, write: Callable[[Path], None], overwrite: boo
     tmp = Path(name)
     try:
         write(tmp)
-        _apply_umask(tmp)
+        follow_umask(tmp)
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -202,11 +202,11 @@ def write_atomic(path: Path | str, write: Callable[[Path], None], overwrite: boo
     return path
 
 
-def _apply_umask(path: Path) -> None:
-    """mkstemp makes 0600 files; give results the permissions a plain open() would (umask)."""
+def follow_umask(path: Path, mode: int = 0o666) -> None:
+    """mkstemp/mkdtemp make private files and folders; give results what a plain open() would (umask)."""
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(path, 0o666 & ~umask)
+        os.chmod(path, mode & ~umask)
     except OSError:
         pass
