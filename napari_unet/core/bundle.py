@@ -33,8 +33,8 @@ import tifffile
 
 from .config import Config
 from .paths import ENV_MODEL_DIR, check_model_name, default_model_root, pid_alive  # noqa: F401  (re-exported)
-from .errors import BundleError, ConfigError, InputError
-from .outputs import follow_umask
+from .errors import BundleError, ConfigError, InputError, OutputError
+from .outputs import follow_umask, write_atomic
 from .versions import (  # noqa: F401  (re-exported)
     checkpoint_dir,
     latest_version,
@@ -666,29 +666,26 @@ def _is_builtin_activation(name: Any) -> bool:
 # ---------------------------------------------------------------- zip export and import
 
 
-def export_zip(version_path: Path | str, zip_path: Path | str) -> Path:
-    """Write one version (a model folder means its newest) to a .zip that load_bundle reads."""
+def export_zip(version_path: Path | str, zip_path: Path | str, overwrite: bool = False) -> Path:
+    """Write one version (a model folder means its newest) to a .zip that load_bundle reads.
+
+    An existing ``zip_path`` is never replaced unless ``overwrite`` (the output policy of core.outputs).
+    """
     with _resolved_version(version_path) as (version_dir, _):
         if not (version_dir / METADATA_FILE).is_file():
             raise BundleError(f"{version_dir} is missing {METADATA_FILE}; nothing to export.")
         zip_path = Path(zip_path).expanduser()
+        if zip_path.exists() and not overwrite:
+            raise OutputError(f"{zip_path} already exists; choose another name or pass overwrite=True.")
         prefix = f"{version_dir.parent.name}-{version_dir.name}"
-        tmp = zip_path.with_name(f".{zip_path.name}.partial")
-        try:
+
+        def write(tmp: Path) -> None:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
                 for path in sorted(version_dir.rglob("*")):
                     if path.is_file():
                         zf.write(path, f"{prefix}/{path.relative_to(version_dir).as_posix()}")
-            os.replace(tmp, zip_path)
-        except BaseException as exc:  # the partial file goes on every failure, Ctrl-C included
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            if isinstance(exc, OSError):
-                raise BundleError(f"Cannot write {zip_path}: {exc}") from exc
-            raise
-    return zip_path
+
+        return write_atomic(zip_path, write, overwrite=overwrite)
 
 
 def _safe_extract(zip_path: Path, dest: Path) -> Path:

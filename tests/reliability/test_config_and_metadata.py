@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from napari_unet.core.config import Config, ModelConfig
-from napari_unet.core.errors import BundleError, ConfigError
+from napari_unet.core.errors import BundleError, ConfigError, OutputError
 
 BAD_CONFIGS = {
     "epochs as text": ({"train": {"epochs": "2"}}, "train.epochs must be a whole number"),
@@ -186,6 +186,19 @@ def test_a_failed_zip_export_leaves_no_partial_file(version, tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(zipfile.ZipFile, "write", full)
-    with pytest.raises(BundleError, match="No space left"):
-        export_zip(version, tmp_path / "out" / "m.zip") if (tmp_path / "out").mkdir() is None else None
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OutputError, match="No space left"):
+        export_zip(version, tmp_path / "out" / "m.zip")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_zip_export_never_replaces_an_existing_file(version, tmp_path):
+    from napari_unet.core.bundle import export_zip, load_bundle
+
+    target = tmp_path / "m.zip"
+    target.write_bytes(b"the user's own file")
+    with pytest.raises(OutputError, match="already exists"):
+        export_zip(version, target)
+    assert target.read_bytes() == b"the user's own file"
+    export_zip(version, target, overwrite=True)
+    assert load_bundle(target).metadata["name"]
