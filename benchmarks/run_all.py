@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks._common import REPO, Report, Row, describe_load
 
 BENCHMARKS: tuple[str, ...] = (
-    "startup", "throughput", "tiling", "quality", "peers", "hitl", "gui_responsiveness", "load", "uncertainty_ranking",
+    "startup", "throughput", "tiling", "quality", "peers", "hitl", "gui_responsiveness", "load", "uncertainty_ranking", "eta",
 )
 GUI_BENCHMARKS = frozenset({"gui_responsiveness"})
 BENCH_DIR = REPO / "benchmarks"

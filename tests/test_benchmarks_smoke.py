@@ -37,6 +37,16 @@ def test_quick_run_of_startup_and_tiling(tmp_path):
     assert after == docs_before
 
 
+def test_eta_errors_are_judged_after_the_first_epoch_while_time_is_left():
+    from benchmarks.eta import errors_after_first_epoch
+
+    # (elapsed, eta, epoch, step) of a run that ended at 100 s.
+    samples = [(5.0, 400.0, 1, 3), (20.0, 100.0, 2, 1), (60.0, 30.0, 3, 1), (95.0, 50.0, 4, 1)]
+    errors = errors_after_first_epoch(samples, end=100.0)
+    # Epoch 1 is ignored, and so is the last sample (5 s left): 100 vs 80 s left, 30 vs 40 s left.
+    assert errors == [0.25, 0.25]
+
+
 def test_targets_are_checked():
     assert check_target(0.91, ">= 0.9") is True
     assert check_target(0.89, ">= 0.9") is False

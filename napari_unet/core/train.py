@@ -37,7 +37,9 @@ from .model import build_model, configure_devices
 from .predict import PredictionStopped, predict_probabilities
 from .scores import dice_score, per_class_dice
 from .targets import probabilities_to_labels
-from .tuning import default_postprocessing, objective, reference_sizes, score_images, tune_postprocessing
+from .tuning import (
+    default_postprocessing, objective, reference_sizes, score_images, tune_postprocessing, tuning_passes,
+)
 
 #: Most patches kept with a model so fine-tuning can replay what it learnt from.
 REPLAY_PATCHES = 96
@@ -155,8 +157,10 @@ def train(
         data, cfg.train.learning_rate, on_event, stop, t0, cfg.train.epochs, cfg.train.time_limit_s,
         _best_reporter(on_best, result, cfg),
     )
-    cfg = _tuned(model, cfg, data)
-    metrics = evaluate_arrays(model, data.val_images, data.val_targets, cfg, data.val_labels) if data.val_images else {}
+    # The kept model's validation predictions serve both the post-processing search and the scores.
+    probs = [predict_probabilities(model, image, cfg) for image in data.val_images]
+    cfg = _tuned(probs, cfg, data)
+    metrics = _scores_from_probs(probs, data.val_targets, cfg, data.val_labels) if probs else {}
     return result(model, cfg, history, status, best_epoch, metrics)
 
 
@@ -331,11 +335,15 @@ def _best_reporter(on_best: BestHandler | None, make_result: Callable[..., Train
     return report
 
 
-def _tuned(model: keras.Model, cfg: Config, data: _Data) -> Config:
-    """`cfg` with post-processing tuned on the validation predictions of the kept model."""
-    if not cfg.train.tune_postprocessing or cfg.data.task == "classes" or not data.val_images or cfg.predict.tuned:
+def _tunes(cfg: Config, data: _Data) -> bool:
+    """Whether training ends with a post-processing search on the validation images."""
+    return bool(cfg.train.tune_postprocessing and cfg.data.task != "classes" and data.val_images and not cfg.predict.tuned)
+
+
+def _tuned(probs: list[np.ndarray], cfg: Config, data: _Data) -> Config:
+    """`cfg` with post-processing tuned on the validation predictions `probs` of the kept model."""
+    if not _tunes(cfg, data):
         return cfg
-    probs = [predict_probabilities(model, image, cfg) for image in data.val_images]
     valid = [t != IGNORE_TARGET for t in data.val_targets]
     tuning = tune_postprocessing(probs, data.val_labels, cfg, data.train_sizes, valid)
     return cfg.replace(predict=tuning.values) if tuning.values else cfg
@@ -468,14 +476,22 @@ class _Progress(keras.callbacks.Callback):
         self._steps_done = 0
         self._last: float | None = None
         self._step_times: list[float] = []
-        self._val_times: list[float] = []
+        self._val_times: list[float] = []  # an epoch's end: validation, selection, checkpoint
+        self._predict_times: list[float] = []  # predicting the validation images (in _validate)
+        self._score_times: list[float] = []  # post-processing and scoring them once
+        # What train() does after the last epoch, in post-processing passes over the validation images.
+        self._finish_passes = 1 + (tuning_passes(cfg) if _tunes(cfg, data) else 0) if data.val_images else 0
 
     # --- time -------------------------------------------------------------------------------
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
     def eta(self) -> float | None:
-        """Seconds left from measured step and validation times (the tracing first step excluded)."""
+        """Seconds left from measured step, validation and scoring times (the tracing first step excluded).
+
+        Counts what follows the last epoch too: predicting the validation images once more and the
+        post-processing search (`tuning_passes` scoring passes), which the job waits for.
+        """
         if not self._step_times:
             return None
         recent = self._step_times[-ETA_WINDOW:]
@@ -486,7 +502,12 @@ class _Progress(keras.callbacks.Callback):
         eta = remaining_steps * step + max(0, validations_left) * val
         if self.time_limit_s > 0:
             eta = min(eta, max(0.0, self.time_limit_s - self.elapsed()))
-        return eta
+        return eta + self._finish_estimate()
+
+    def _finish_estimate(self) -> float:
+        if not self._finish_passes or not self._predict_times:
+            return 0.0
+        return float(np.mean(self._predict_times)) + self._finish_passes * float(np.mean(self._score_times))
 
     def emit(
         self, kind: str, logs: dict[str, Any] | None = None, status: JobState = JobState.RUNNING, message: str = "",
@@ -538,10 +559,9 @@ class _Progress(keras.callbacks.Callback):
             return
         keras_logs = logs if isinstance(logs, dict) else {}
         logs = {k: v for k, v in keras_logs.items() if not k.startswith("val_")}
+        started = time.monotonic()
         if self.validating and not self.stopped:
-            started = time.monotonic()
             val = self._validate()
-            self._val_times.append(time.monotonic() - started)
             if val is not None:
                 logs.update(val)
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -560,9 +580,11 @@ class _Progress(keras.callbacks.Callback):
         if selected:
             self.weights = [np.array(w, copy=True) for w in self.model.get_weights()]
             self.selected_logs = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
-        self.emit("epoch", logs, selected=selected)
         if selected and self.on_best is not None:
             self.on_best(self.model, self.history, epoch + 1, self.selected_logs)
+        if self.validating:
+            self._val_times.append(time.monotonic() - started)
+        self.emit("epoch", logs, selected=selected)
         if self.selection.should_stop(self.elapsed()):
             self.early = True
             self.model.stop_training = True
@@ -574,13 +596,17 @@ class _Progress(keras.callbacks.Callback):
         d = self.data
         if d.val_images:
             probs = []
+            started = time.monotonic()
             try:  # Stop is obeyed between validation images and between their tiles
                 for image in d.val_images:
                     probs.append(predict_probabilities(self.model, image, self.cfg, stop=self.stop))
             except PredictionStopped:
                 self._check_stop()
                 return None
+            scored = time.monotonic()
             scores = _scores_from_probs(probs, d.val_targets, self.cfg, d.val_labels)
+            self._predict_times.append(scored - started)
+            self._score_times.append(time.monotonic() - scored)
             out.update({f"val_{k}": v for k, v in scores.items()})
             losses = [
                 float(keras.ops.convert_to_numpy(self._loss(t[None, ..., None].astype(np.int32), p[None])))

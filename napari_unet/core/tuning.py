@@ -163,6 +163,19 @@ def tune_postprocessing(
     return Tuning(values=values, score=float(best_score), default_score=float(default_score), scores=best_scores)
 
 
+def tuning_passes(cfg: Config) -> int:
+    """Post-processing passes over the validation images `tune_postprocessing` makes (for ETAs)."""
+    task = cfg.data.task
+    if task == "classes":
+        return 0
+    # Defaults, thresholds and the unfiltered objects; the size candidates only filter those (cheap).
+    passes = 1 + len(THRESHOLDS) + 1
+    if task == "instances":
+        seeds = SEED_HEIGHTS if cfg.predict.seed_mode == "distance" else SEED_SIZE_FRACTIONS
+        passes += len(SEED_THRESHOLDS) + len(seeds)
+    return passes
+
+
 def _labels(probs: np.ndarray, cfg: Config, values: dict[str, Any]) -> np.ndarray:
     if cfg.data.task == "instances":
         objects = instance_objects(
