@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
+from napari_unet.core.targets import compact_labels
+
 IMAGE_LAYER, LABELS_LAYER, UNCERTAINTY_LAYER = "review image", "review labels", "review uncertainty"
 OWN_LAYERS = (IMAGE_LAYER, LABELS_LAYER, UNCERTAINTY_LAYER)
 
@@ -83,7 +85,7 @@ class ReviewLayers(QObject):
         return False
 
     def _set_labels(self, labels: np.ndarray) -> None:
-        labels = np.asarray(labels).astype(np.int32, copy=True)
+        labels = compact_labels(labels)
         layer = self.layer(LABELS_LAYER)
         self._loading = True
         try:

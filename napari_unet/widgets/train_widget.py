@@ -363,7 +363,7 @@ class TrainWidget(JobWidget):
             layer.refresh()
             return
         self._preview_layer = self.viewer.add_labels(
-            np.zeros(shape, dtype=np.int32),
+            np.zeros(shape, dtype=np.uint16),  # the dtype napari draws fastest (core.targets.compact_labels)
             name=unique_name(self.viewer, f"preview [{self.name_edit.text() or 'unet'}]"),
             opacity=0.5,
             metadata={META_KEY: {"preview": True}},

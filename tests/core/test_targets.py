@@ -194,3 +194,17 @@ def test_real_nuclei_round_trip(nuclei_pairs):
         assert set(np.unique(target)) == {0, 1, 2}
         recovered = target_to_labels(target, cfg)
         assert object_f1(recovered, labels) > 0.95, name
+
+
+def test_compact_labels_are_uint16_copies_when_the_ids_fit():
+    from napari_unet.core.targets import compact_labels
+
+    ids = np.array([[0, 7], [65535, 3]], dtype=np.int32)
+    out = compact_labels(ids)
+    assert out.dtype == np.uint16 and np.array_equal(out, ids)
+    same = np.array([[1, 2]], dtype=np.uint16)
+    assert compact_labels(same) is not same  # always a copy: the caller owns it
+    assert compact_labels(np.array([[70000]], dtype=np.int64)).dtype == np.int32
+    assert compact_labels(np.array([[-1, 2]], dtype=np.int16)).dtype == np.int32
+    huge = np.array([[2**40]], dtype=np.int64)
+    assert compact_labels(huge).dtype == np.int64 and compact_labels(huge)[0, 0] == 2**40
