@@ -29,7 +29,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks._common import REPO, Report, Row, describe_load
 
 BENCHMARKS: tuple[str, ...] = (
-    "startup", "throughput", "tiling", "quality", "peers", "hitl", "gui_responsiveness", "load", "uncertainty_ranking", "eta",
+    "startup", "throughput", "tiling", "cluster", "quality", "peers", "hitl", "gui_responsiveness", "load", "uncertainty_ranking", "eta",
+    "model_files", "live_annotator",
 )
 GUI_BENCHMARKS = frozenset({"gui_responsiveness"})
 BENCH_DIR = REPO / "benchmarks"

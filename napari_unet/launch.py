@@ -12,7 +12,7 @@ import os
 import sys
 
 PLUGIN = "napari-unet"
-WIDGETS = ("Train", "Predict", "Fine-tune", "Review")
+WIDGETS = ("Train", "Predict", "Fine-tune", "Review", "Live")
 
 
 def open_viewer(sample: str = "nuclei"):

@@ -54,6 +54,11 @@ ensure_venv() {
   say "installing napari-unet[$extras] into $VENV (first time: a few minutes, about 2.5 GB)"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e "$ROOT[$extras]"
+  # An environment made before the move to PyQt6 still holds PyQt5, which napari would warn about.
+  if "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('PyQt5') is None)" 2>/dev/null; then
+    say "removing PyQt5 (napari-unet uses PyQt6; napari deprecated PyQt5)"
+    "$VENV/bin/python" -m pip uninstall -q -y PyQt5 PyQt5-Qt5 PyQt5-sip
+  fi
   echo "$want" > "$VENV/.napari-unet-$extras"
 }
 

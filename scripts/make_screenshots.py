@@ -41,10 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny models: check the layout, not the results")
     args = parser.parse_args(argv)
 
-    # TensorFlow first, with the dlopen flags that let it share the process with Mesa's OpenGL.
-    from napari_unet.widgets._tf import import_tensorflow
-
-    import_tensorflow()
+    # No TensorFlow here: as in a user's napari, the widgets' jobs run in the compute worker.
     shutil.rmtree(MODELS, ignore_errors=True)
     os.environ["NAPARI_UNET_MODEL_DIR"] = str(MODELS)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -60,11 +57,8 @@ class Guide:
 
     def __init__(self, out: Path, quick: bool) -> None:
         import napari
-        import napari._qt.qt_main_window as qt_main_window
         from qtpy.QtWidgets import QApplication
 
-        # napari 0.9 warns once that PyQt5 support is deprecated; keep that toast out of the pictures.
-        qt_main_window.SHOW_QT_WARNING = False
         self.out, self.quick = out, quick
         self.viewer = napari.Viewer(title="napari-unet")
         self.app = QApplication.instance()

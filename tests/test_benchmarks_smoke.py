@@ -47,6 +47,21 @@ def test_eta_errors_are_judged_after_the_first_epoch_while_time_is_left():
     assert errors == [0.25, 0.25]
 
 
+def test_quick_run_of_model_files(tmp_path):
+    """The model-files benchmark runs, and its figures say what the replay store is for."""
+    json_path = tmp_path / "model_files.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.model_files", "--quick", "--json", str(json_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = {row["figure"]: row for row in json.loads(json_path.read_text())["rows"]}
+    assert rows["CLI whole process / in-process"]["value"] > 0
+    ratio = rows.get("model folder after 5 rounds: now / previous replay layout")
+    if ratio is not None:  # needs ../shared/data/nuclei
+        assert ratio["ok"] is True, ratio
+
+
 def test_targets_are_checked():
     assert check_target(0.91, ">= 0.9") is True
     assert check_target(0.89, ">= 0.9") is False

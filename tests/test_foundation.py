@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 def test_import_does_not_load_tensorflow_or_qt():
     code = (
         "import sys, napari_unet, napari_unet.core.config, napari_unet.core.normalize, napari_unet.samples;"
-        "heavy = [m for m in ('tensorflow', 'keras', 'qtpy', 'PyQt5') if m in sys.modules];"
+        "heavy = [m for m in ('tensorflow', 'keras', 'qtpy', 'PyQt5', 'PyQt6') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

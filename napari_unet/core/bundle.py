@@ -2,8 +2,9 @@
 
 Layout: ``<root>/<name>/v001/`` holding ``model.keras`` (Keras 3 native format),
 ``metadata.json`` (config, task, classes, training data, library versions, parent, metrics),
-``history.json`` (per-epoch curves) and optionally ``replay/`` (TIFF patches that fine-tuning
-mixes in so the model does not forget). Nothing is pickled. Versions are written into a
+``history.json`` (per-epoch curves). Replay patches (what fine-tuning mixes in so the model does
+not forget) live once per model folder in ``<root>/<name>/replay/`` and versions refer to them by
+hash (:mod:`.replay`). Nothing is pickled. Versions are written into a
 temporary folder and renamed into place, so a crash never leaves a half-written version.
 Loading inspects the Keras config before Keras sees it and refuses anything but built-in layers.
 """
@@ -29,11 +30,11 @@ from typing import Any
 
 import keras
 import numpy as np
-import tifffile
 
 from .config import Config
 from .paths import ENV_MODEL_DIR, check_model_name, default_model_root, pid_alive  # noqa: F401  (re-exported)
 from .errors import BundleError, ConfigError, InputError, OutputError
+from . import replay as replay_store
 from .outputs import follow_umask, write_atomic
 from .versions import (  # noqa: F401  (re-exported)
     checkpoint_dir,
@@ -182,12 +183,23 @@ def save_checkpoint(
     """Write the bundle as job `job`'s checkpoint: a complete version folder, not published yet.
 
     `versions.promote_checkpoint` publishes it (also from a process without TensorFlow, after the
-    job was killed); a later checkpoint of the same job replaces it.
+    job was killed); a later checkpoint of the same job replaces it. Without `replay`, the previous
+    checkpoint's replay patches are kept (a job's replay data does not change).
     """
     model_dir = Path(root).expanduser() / name
     target = checkpoint_dir(model_dir, job)
-    _save(bundle, model_dir, name, replay, lambda tmp, _meta: replace_checkpoint(tmp, target))
+    kept = _checkpoint_replay_keys(target) if replay is None else []
+    _save(bundle, model_dir, name, replay, lambda tmp, _meta: replace_checkpoint(tmp, target), kept)
     return target
+
+
+def _checkpoint_replay_keys(checkpoint: Path) -> list[str]:
+    """The replay patches the job's current checkpoint refers to (none when there is no checkpoint yet)."""
+    try:
+        entry = json.loads((checkpoint / METADATA_FILE).read_text(encoding="utf-8")).get(replay_store.META_KEY)
+    except (OSError, ValueError, AttributeError):
+        return []
+    return replay_store.entry_keys(entry, checkpoint) if entry is not None else []
 
 
 def _save(
@@ -196,6 +208,7 @@ def _save(
     name: str,
     replay: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None,
     place: Any,
+    replay_keys: Sequence[str] = (),
 ) -> tuple[Path, dict]:
     """Check, write everything into a temporary folder, then `place(tmp, metadata)` it; cleans up on failure."""
     _check_name(name)
@@ -205,7 +218,9 @@ def _save(
     replay_arrays = _check_replay(replay) if replay is not None else None
     tmp = _temp_folder(model_dir)
     try:
-        metadata = _write_folder(bundle, cfg, tmp, name, next_version(model_dir), in_ch, replay_arrays)
+        # Patches first: a published version never refers to a patch that is not on disk.
+        keys = replay_store.store_patches(model_dir, *replay_arrays) if replay_arrays else list(replay_keys)
+        metadata = _write_folder(bundle, cfg, tmp, name, next_version(model_dir), in_ch, keys)
         return place(tmp, metadata), metadata
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -259,20 +274,29 @@ def _write_folder(
     name: str,
     version: int,
     in_ch: int,
-    replay_arrays: tuple[list[np.ndarray], list[np.ndarray]] | None,
+    replay_keys: list[str],
 ) -> dict:
-    """Write model, metadata, history and replay data into `tmp`; returns the metadata."""
+    """Write model, metadata and history into `tmp`; returns the metadata (it lists the replay patches)."""
     model_path = tmp / MODEL_FILE
-    bundle.model.save(str(model_path))
+    _without_training_state(bundle.model).save(str(model_path))
     # Never write a file that load_bundle would refuse (e.g. a Lambda layer).
     _inspect_keras_file(model_path, action="save")
     metadata = _build_metadata(bundle, cfg, name, version, in_ch)
+    if replay_keys:
+        metadata[replay_store.META_KEY] = replay_store.metadata_entry(replay_keys)
     _write_json(tmp / METADATA_FILE, metadata)
     _write_json(tmp / HISTORY_FILE, bundle.history or {})
-    if replay_arrays is not None and replay_arrays[0]:
-        _write_replay(tmp / REPLAY_DIR, *replay_arrays)
     _fsync_tree(tmp)
     return metadata
+
+
+def _without_training_state(model: Any) -> Any:
+    """The same layers (and weights) without the optimizer: a compiled model's .keras file also holds
+    the optimizer's moments, twice the weights (4 of a 6 MB file), which loading never reads
+    (compile=False) and fine-tuning never uses (it builds a fresh optimizer)."""
+    if getattr(model, "optimizer", None) is None:
+        return model
+    return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
 def _save_error(exc: BaseException, model_dir: Path) -> BaseException:
@@ -304,7 +328,8 @@ def _build_metadata(bundle: ModelBundle, cfg: Config, name: str, version: int, i
         "metrics": dict(bundle.metrics or {}),
         "libraries": library_versions(),
     }
-    extra = {k: v for k, v in (bundle.metadata or {}).items() if k not in computed}
+    # A loaded bundle's replay entry names patches of its own model folder: never carried over silently.
+    extra = {k: v for k, v in (bundle.metadata or {}).items() if k not in computed and k != replay_store.META_KEY}
     return {**computed, **extra}
 
 
@@ -359,34 +384,16 @@ def _check_replay(replay: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return out_images, out_targets
 
 
-def _write_replay(folder: Path, images: list[np.ndarray], targets: list[np.ndarray]) -> None:
-    # One TIFF series per item keeps each patch's own shape.
-    folder.mkdir()
-    for fname, arrays in (("images.tif", images), ("targets.tif", targets)):
-        with tifffile.TiffWriter(folder / fname) as tw:
-            for arr in arrays:
-                tw.write(arr, photometric="minisblack")
-
-
 def load_replay(path: Path | str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Replay data stored with a version: lists of float32 ``(H, W, C)`` images and int32 ``(H, W)``
-    targets; two empty lists when the version has none. ``path`` as for :func:`load_bundle`."""
+    """Replay data of a version: lists of float32 ``(H, W, C)`` images and int32 ``(H, W)`` targets;
+    two empty lists when the version has none (a bioimage.io package has none). ``path`` as for
+    :func:`load_bundle`."""
+    from .bioimageio_import import is_package
+
+    if is_package(path):
+        return [], []
     with _resolved_version(path) as (version_dir, _):
-        folder = version_dir / REPLAY_DIR
-        if not folder.is_dir():
-            return [], []
-        try:
-            images, targets = (_read_series(folder / f) for f in ("images.tif", "targets.tif"))
-        except (OSError, ValueError, tifffile.TiffFileError) as exc:
-            raise BundleError(f"Replay data in {folder} is unreadable ({exc}); fine-tune without replay.") from exc
-    if len(images) != len(targets):
-        raise BundleError(f"Replay data in {folder} is inconsistent: {len(images)} images, {len(targets)} targets.")
-    return [a.astype(np.float32, copy=False) for a in images], [t.astype(np.int32, copy=False) for t in targets]
-
-
-def _read_series(path: Path) -> list[np.ndarray]:
-    with tifffile.TiffFile(path) as tif:
-        return [series.asarray() for series in tif.series]
+        return replay_store.load_version_replay(version_dir, _read_metadata(version_dir))
 
 
 # ---------------------------------------------------------------- loading
@@ -397,7 +404,12 @@ def load_bundle(path: Path | str) -> ModelBundle:
 
     The Keras file is checked first: only built-in layers and Keras modules are accepted,
     then it is loaded with ``safe_mode=True`` and without its training configuration.
+    A bioimage.io package (a .zip or folder with rdf.yaml) loads through `bioimageio_import`.
     """
+    from .bioimageio_import import is_package, load_package
+
+    if is_package(path):
+        return load_package(path)
     with _resolved_version(path) as (version_dir, shown):
         metadata = _read_metadata(version_dir)
         cfg = _config_from_metadata(metadata, version_dir)
@@ -505,7 +517,7 @@ def _read_metadata(version_dir: Path) -> dict:
 _METADATA_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "version": (int,), "created": (str,), "parent": (str, type(None)), "task": (str,),
     "class_names": (list,), "in_channels": (int,), "n_outputs": (int,), "config": (dict,),
-    "training_data": (list,), "metrics": (dict,), "libraries": (dict,),
+    "training_data": (list,), "metrics": (dict,), "libraries": (dict,), replay_store.META_KEY: (dict,),
 }  # fmt: skip
 
 
@@ -601,13 +613,20 @@ def _inspect_keras_file(model_path: Path, action: str = "load") -> None:
         raise BundleError(f"{model_path} holds an unreadable config.json ({type(exc).__name__}).") from exc
     if not isinstance(config, dict) or config.get("class_name") not in ("Functional", "Sequential"):
         raise BundleError(f"{model_path} is not a functional or sequential Keras model; refusing to {action}.")
+    check_keras_config(config, model_path, action)
+
+
+def check_keras_config(config: dict, model_path: Path, action: str = "load") -> None:
+    """Refuse a Keras model config (of a .keras or .h5 file) that names anything but trusted built-in classes."""
+    if config.get("class_name") not in ("Functional", "Sequential"):
+        raise BundleError(f"{model_path} is not a functional or sequential Keras model; refusing to {action}.")
     # compile=False drops the top-level training config (losses, optimizer), so it is never deserialized.
-    body = {k: v for k, v in config.items() if k != "compile_config"}
+    body = {k: v for k, v in config.items() if k not in ("compile_config", "training_config")}
     try:
         for obj in _class_entries(body):
             _check_entry(obj, model_path, action)
     except RecursionError as exc:
-        raise BundleError(f"{model_path} holds a config.json nested too deeply to check; refusing to {action}.") from exc
+        raise BundleError(f"{model_path} holds a model config nested too deeply to check; refusing to {action}.") from exc
 
 
 def _class_entries(node: Any) -> Iterator[dict]:
@@ -638,11 +657,12 @@ def _check_entry(obj: dict, model_path: Path, action: str) -> None:
         return
     if cls == "function" and _is_builtin_activation(obj.get("config")):
         return
-    kind = _param_kind(module)
-    if kind is not None:
-        base = _PARAM_MODULES[kind]
+    # Keras 2 (.h5) configs name initializers, regularizers and constraints without a module.
+    for kind in [_param_kind(module)] if module is not None else list(_PARAM_MODULES):
+        if kind is None:
+            continue
         found = getattr(getattr(keras, kind), cls, None)
-        if isinstance(found, type) and issubclass(found, base):
+        if isinstance(found, type) and issubclass(found, _PARAM_MODULES[kind]):
             return
     raise refuse
 
@@ -678,12 +698,17 @@ def export_zip(version_path: Path | str, zip_path: Path | str, overwrite: bool =
         if zip_path.exists() and not overwrite:
             raise OutputError(f"{zip_path} already exists; choose another name or pass overwrite=True.")
         prefix = f"{version_dir.parent.name}-{version_dir.name}"
+        # The lineage's replay patches this version uses travel inside the version folder.
+        shared = [p for p in replay_store.referenced_files(version_dir, _read_metadata(version_dir))
+                  if not p.is_relative_to(version_dir)]  # fmt: skip
 
         def write(tmp: Path) -> None:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
                 for path in sorted(version_dir.rglob("*")):
                     if path.is_file():
                         zf.write(path, f"{prefix}/{path.relative_to(version_dir).as_posix()}")
+                for path in shared:
+                    zf.write(path, f"{prefix}/{replay_store.STORE_DIR}/{path.name}")
 
         return write_atomic(zip_path, write, overwrite=overwrite)
 

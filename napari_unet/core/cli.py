@@ -13,8 +13,10 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Sequence
 from datetime import datetime
@@ -23,13 +25,17 @@ from typing import Any
 
 import numpy as np
 
+from .bioimageio_cli import add_export_parser
 from .channels import choose_channels, describe_conversion, to_channels
 from .config import Config
 from .errors import ConfigError, InputError, NapariUNetError, OutputError
 from .io import list_images, pair_inputs, write_labels
 from .layout import AXES_CHOICES, parse_axes, read_image, read_labels, to_core
 from .outputs import check_writable_folder, output_stems, plan_outputs
+from .checkpointed import Checkpoints, Interrupted, fit_and_publish
 from .paths import check_model_name, child_location, default_model_root
+from .tf_startup import quiet_environment, start_tensorflow
+from .states import JobState
 
 ENV_LOG_DIR = "NAPARI_UNET_LOG_DIR"
 
@@ -38,21 +44,74 @@ class UsageError(NapariUNetError):
     """A command line that argparse refused."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default: the value, "off" for flags, or what its text says."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        return text if action.default is None else f"{text} (default: %(default)s)"
+
+
+def _config_default(section: str, key: str, what: str = "") -> str:
+    """'(default: the --config file's train.steps_per_epoch, else 50)' for options that override the config."""
+    value = getattr(getattr(Config(), section), key)
+    return f"(default: the --config file's {section}.{key}, else {what or value})"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command line; without `argv` it is this process's own (the `napari-unet` entry point)."""
+    code = _run(argv)
+    if argv is None and "tensorflow" in sys.modules:
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """End the process without Python's teardown of TensorFlow (0.5-2 s of every run), all output flushed.
+
+    Every file the commands write is complete and renamed into place before this point.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         try:
             args = _parser().parse_args(argv)
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
+        if not getattr(args, "verbose", False):
+            quiet_environment()  # before anything imports TensorFlow
         return int(args.func(args) or 0)
     except NapariUNetError as exc:
         print(f"napari-unet: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # a second Ctrl-C during training
+        print(_interrupted_message(exc.path, exc.checkpoints), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
@@ -123,6 +182,11 @@ def _axes(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_MODEL_HELP = (
+    "model folder (its current version), version folder, .zip export, or bioimage.io package (.zip or folder)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="napari-unet", description="Train and apply U-Nets without a GUI.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -131,33 +195,57 @@ def _parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--name", required=True, help="model name (a folder under --models)")
     p.add_argument("--models", type=_path, default=None, help="models folder (default: ~/.napari-unet/models)")
-    p.add_argument("--config", type=_path, help="JSON file with config sections (model, data, train, predict)")
-    p.add_argument("--task", choices=("binary", "classes", "instances"))
-    p.add_argument("--classes", type=_positive_int, help="number of classes for --task classes")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--steps", type=_positive_int, help="steps per epoch")
-    p.add_argument("--batch", type=_positive_int)
-    p.add_argument("--patch", type=_positive_int, help="patch size in pixels")
-    p.add_argument("--depth", type=_positive_int)
-    p.add_argument("--filters", type=_positive_int, help="base filters")
-    p.add_argument("--loss", choices=("auto", "bce", "dice", "bce_dice", "cce", "focal", "cce_dice"))
-    p.add_argument("--lr", type=_positive_float, help="learning rate")
-    p.add_argument("--time", type=_duration, help="wall-clock budget, e.g. 300, 90s, 5m (training ends as Stop does)")
+    p.add_argument("--config", type=_path,
+                   help="JSON file with config sections (model, data, train, predict); options below override it "
+                        "(default: none, the built-in config)")  # fmt: skip
+    p.add_argument("--task", choices=("binary", "classes", "instances"),
+                   help="what to segment (default: the --config file's, else suggested by the labels)")
+    p.add_argument("--classes", type=_positive_int,
+                   help=f"number of classes for --task classes {_config_default('data', 'n_classes')}")
+    p.add_argument("--epochs", type=_positive_int,
+                   help=f"most epochs; early stopping and --time may end sooner {_config_default('train', 'epochs')}")
+    p.add_argument("--steps", type=_positive_int, help=f"steps per epoch {_config_default('train', 'steps_per_epoch')}")
+    p.add_argument("--batch", type=_positive_int, help=f"patches per step {_config_default('train', 'batch_size')}")
+    p.add_argument("--patch", type=_positive_int, help=f"patch size in pixels {_config_default('data', 'patch_size')}")
+    p.add_argument("--depth", type=_positive_int, help=f"U-Net poolings {_config_default('model', 'depth')}")
+    p.add_argument("--filters", type=_positive_int,
+                   help=f"filters of the first level, doubled per level {_config_default('model', 'base_filters')}")
+    p.add_argument("--loss", choices=("auto", "bce", "dice", "bce_dice", "cce", "focal", "cce_dice"),
+                   help=f"loss; auto is bce_dice for binary, cce_dice otherwise {_config_default('train', 'loss')}")
+    p.add_argument("--lr", type=_positive_float, help=f"learning rate {_config_default('train', 'learning_rate')}")
+    p.add_argument("--time", type=_duration,
+                   help="wall-clock budget, e.g. 300, 90s, 5m, 1h; training then ends as Stop does, keeping the "
+                        f"best epoch {_config_default('train', 'time_limit_s', '0: no limit')}")  # fmt: skip
     p.set_defaults(func=_train)
 
     p = sub.add_parser("finetune", help="fine-tune a model on new or corrected pairs; writes a new version")
     _data_args(p)
-    p.add_argument("--model", type=_path, required=True, help="model folder (latest version) or version folder")
-    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--model", type=_path, required=True,
+                   help="model folder (its current version), version folder, .zip export, or bioimage.io "
+                        "package with Keras weights")  # fmt: skip
+    p.add_argument("--epochs", type=_positive_int,
+                   help="epochs of the round (default: the model's train.finetune_epochs; the round also stops "
+                        "after its train.finetune_time_limit_s)")  # fmt: skip
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("predict", help="predict label images")
-    p.add_argument("--model", type=_path, required=True)
-    p.add_argument("--images", nargs="+", type=_path, required=True, help="image files or folders")
-    p.add_argument("--out", type=_path, required=True,
-                   help="output folder for label TIFFs (same names); must not hold any input")  # fmt: skip
-    p.add_argument("--threshold", type=_probability)
-    p.add_argument("--min-size", type=_count)
+    p.add_argument("--model", type=_path, required=True, help=_MODEL_HELP)
+    p.add_argument("--images", nargs="+", type=_path, required=True,
+                   help="image files or folders, or OME-Zarr images (.zarr folders)")  # fmt: skip
+    p.add_argument("--out", type=_path, default=None,
+                   help="output folder for label TIFFs (same names); must not hold any input. OME-Zarr "
+                        "labels go into each image's store (labels/NAME) unless --out is given (default: none; required for "
+                        "TIFF images)")  # fmt: skip
+    p.add_argument("--labels-name", default=None, help="name of OME-Zarr labels images (default: napari-unet)")
+    p.add_argument("--cluster", metavar="local[:N]", default=None,
+                   help="predict on a new dask LocalCluster of N worker processes (default N: cores, at most 4)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="predict on an existing dask.distributed scheduler, e.g. tcp://host:8786 (default: none, "
+                        "predict in this process)")
+    p.add_argument("--threshold", type=_probability,
+                   help="foreground probability threshold (default: the model's, tuned on its validation data)")
+    p.add_argument("--min-size", type=_count,
+                   help="smallest object kept, in pixels (default: the model's, tuned on its validation data)")
     p.add_argument("--probabilities", action="store_true", help="also write <name>_prob.tif")
     p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     _layout_args(p)
@@ -165,9 +253,19 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score a model against label files")
     _data_args(p)
-    p.add_argument("--model", type=_path, required=True)
+    p.add_argument("--model", type=_path, required=True, help=_MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("models", help="list the models and versions in a models folder (reads no model)")
+    p.add_argument("--models", type=_path, default=None,
+                   help="models folder (default: $NAPARI_UNET_MODEL_DIR, else ~/.napari-unet/models)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the listing as JSON")
+    p.set_defaults(func=_models)
+    add_export_parser(sub, _path, _load_tensorflow)  # export --bioimageio (bioimageio_cli.py)
+    for command in sub.choices.values():  # every subcommand, those added above included
+        command.add_argument("--verbose", action="store_true",
+                             help="show TensorFlow, absl and CUDA log messages and warnings")  # fmt: skip
     return parser
 
 
@@ -376,16 +474,22 @@ def _train(args: argparse.Namespace) -> int:
     if args.task is None and "task" not in (raw.get("data") or {}):
         args.task = _suggested_task(data)
     cfg = _config_from_args(args, raw, channels)
+    _load_tensorflow(args)
     from .train import train
 
-    result = train(data, cfg, on_event=_TerminalProgress())
-    path = result.save(root, args.name)
-    print(f"model saved: {path}")
-    _print_scores(result.metrics, "validation")
+    published = _run_checkpointed(
+        lambda on_best, stop: train(data, cfg, on_event=_TerminalProgress(), stop=stop, on_best=on_best),
+        Path(root).expanduser(), args.name,
+    )  # fmt: skip
+    if published.state != JobState.DONE:
+        return 130
+    print(f"model saved: {published.path}")
+    _print_scores(published.result.metrics, "validation")
     return 0
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    _load_tensorflow(args)
     from .bundle import load_bundle
 
     parent = load_bundle(args.model)
@@ -404,16 +508,79 @@ def _finetune(args: argparse.Namespace) -> int:
     data, _ = _load_pairs(args, pairs, names, parent.config.data.in_channels)
     from .train import finetune
 
-    result = finetune(parent, data, on_event=_TerminalProgress(), epochs=args.epochs)
-    path = result.save(root, name)
-    print(f"new version saved: {path} (parent {parent.path}, kept unchanged)")
+    published = _run_checkpointed(
+        lambda on_best, stop: finetune(parent, data, _TerminalProgress(), stop, epochs=args.epochs, on_best=on_best),
+        Path(root).expanduser(), name,
+    )  # fmt: skip
+    if published.state != JobState.DONE:
+        return 130
+    result = published.result
+    print(f"new version saved: {published.path} (parent {parent.path}, kept unchanged)")
     before, after = result.metrics.get("before_dice"), result.metrics.get("dice")
     if before is not None and after is not None:
         print(f"validation dice: {before:.4f} -> {after:.4f}")
     return 0
 
 
+def _load_tensorflow(args: argparse.Namespace) -> None:
+    """Import TensorFlow now, without its log noise unless --verbose (call before the first TF import)."""
+    start_tensorflow(verbose=getattr(args, "verbose", False))
+
+
+class _CtrlCStops:
+    """The first Ctrl-C sets the stop flag (as the widget's Stop); a second one raises KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.previous: Any = None
+
+    def __enter__(self) -> threading.Event:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self.stop
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+        _info("\nCtrl-C: stopping after this step and saving the best epoch so far (Ctrl-C again: quit at once).")
+
+
+def _run_checkpointed(run: Any, root: Path, name: str) -> Any:
+    """Train with checkpoints under Ctrl-C handling; says what an interrupted run saved."""
+    with _CtrlCStops() as stop:
+        published = fit_and_publish(run, root, name, f"cli-{os.getpid()}", stop)
+    if published.state != JobState.DONE:
+        _info(_interrupted_message(published.path, published.checkpoints))
+    return published
+
+
+def _interrupted_message(path: Path | None, checkpoints: Checkpoints | None) -> str:
+    if path is None or checkpoints is None or checkpoints.epoch is None:
+        return "Interrupted before the first epoch ended; nothing was saved."
+    return f"Interrupted: saved the best epoch ({checkpoints.describe()}) as {path}"
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .catalog import catalog_json, format_catalog, list_catalog
+
+    root = args.models or default_model_root()
+    models = list_catalog(root)
+    print(catalog_json(models) if args.json else format_catalog(root, models))
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
+    from .batch import predict_command, wants_batch
+
+    if wants_batch(args):  # OME-Zarr images or a cluster
+        return predict_command(args)
+    if args.out is None:
+        raise UsageError("the following arguments are required: --out (see `napari-unet predict --help`)")
     files = list_images(args.images)
     suffixes = (".tif", "_prob.tif") if args.probabilities else (".tif",)
     plans = plan_outputs(files, args.out, protected=files, suffixes=suffixes, overwrite=args.overwrite)
@@ -423,6 +590,7 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"  {plan.source} -> {', '.join(str(p) for p in (plan.path, *plan.extra))}")
         print(f"dry run: would write {len(plans) * len(suffixes)} file(s) to {args.out}; nothing was written.")
         return 0
+    _load_tensorflow(args)
     from tqdm import tqdm
 
     from .bundle import load_bundle
@@ -437,7 +605,7 @@ def _predict(args: argparse.Namespace) -> int:
         path = plan.source
         image = _convert(_read(path, args.axes), channels, path.name)
         try:
-            result = predict_image(bundle.model, image, cfg)
+            result = predict_image(bundle.model, image, cfg, fit_memory=True)
         except InputError as exc:  # say which file: the core only sees an array
             raise InputError(f"{path.name}: {exc}") from exc
         labels, probs = result.labels, result.probabilities
@@ -452,6 +620,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    _load_tensorflow(args)
     from .bundle import load_bundle
     from .evaluate import evaluate_pairs
 

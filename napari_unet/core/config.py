@@ -17,7 +17,9 @@ from .errors import ConfigError
 Task = Literal["binary", "classes", "instances"]
 TASKS: tuple[str, ...] = ("binary", "classes", "instances")
 LOSSES: tuple[str, ...] = ("bce", "dice", "bce_dice", "cce", "focal", "cce_dice")
-ARCHITECTURES: tuple[str, ...] = ("unet", "mobilenetv2")
+# "imported": a network from a bioimage.io package (core/bioimageio_import.py), never rebuilt;
+# fine-tuning trains a copy of it.
+ARCHITECTURES: tuple[str, ...] = ("unet", "mobilenetv2", "imported")
 UPSAMPLINGS: tuple[str, ...] = ("transpose", "bilinear")
 VAL_MODES: tuple[str, ...] = ("auto", "image", "region")
 KEEP_MODES: tuple[str, ...] = ("best", "last")
@@ -26,6 +28,8 @@ SEED_MODES: tuple[str, ...] = ("distance", "components")
 
 #: Value used inside training targets for pixels excluded from loss and metrics.
 IGNORE_TARGET = -1
+#: Label value of painted background in sparse mode (0 means "not annotated" there).
+DEFAULT_BACKGROUND_LABEL = 255
 
 
 @dataclass
@@ -50,9 +54,16 @@ class DataConfig:
     class_names: list[str] = field(default_factory=list)  # empty: derived from task
     in_channels: int = 1
     ignore_label: int | None = None  # label value excluded from loss and metrics (unannotated pixels)
+    # Sparse annotation (strokes): 0 = not annotated (ignored), `background_label` = background,
+    # other values = objects (binary, instances) or class ids (classes). See targets.sparse_labels.
+    sparse: bool = False
+    background_label: int = DEFAULT_BACKGROUND_LABEL
     boundary_width: int = 2  # "instances": width of the boundary class in pixels
     norm_low: float = 1.0  # percentiles for per-image normalisation
     norm_high: float = 99.8
+    # Steps of an imported bioimage.io model ({"id", "kwargs"}, core/preprocessing.py), applied
+    # instead of the percentile normalisation above; empty for napari-unet's own models.
+    preprocessing: list[dict] = field(default_factory=list)
     patch_size: int = 256
     foreground_fraction: float = 0.5  # share of patches centred on a foreground pixel
     flips: bool = True
@@ -211,6 +222,10 @@ class Config:
                 f"data.class_names has {len(d.class_names)} names; "
                 f"the {d.task} task has {max(self.n_outputs, 2)} classes."
             )
+        if d.preprocessing:
+            from .preprocessing import check_steps
+
+            check_steps(d.preprocessing)
         if m.architecture == "mobilenetv2" and d.in_channels != 3:
             raise ConfigError("The mobilenetv2 encoder needs 3 input channels (RGB); use the plain unet.")
         if d.task == "binary" and self.loss in ("cce", "cce_dice"):
@@ -383,3 +398,13 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"train.class_weights must be finite and not negative; got {t.class_weights}.")
     if d.ignore_label is not None:
         _range("data.ignore_label", d.ignore_label, 0, 2**32 - 1)
+    _range("data.background_label", d.background_label, 1, 2**32 - 1)
+    if d.sparse and d.ignore_label not in (None, 0):
+        raise ConfigError(
+            f"data.sparse ignores unpainted pixels (0); data.ignore_label ({d.ignore_label}) cannot be set as well."
+        )
+    if d.sparse and d.task == "classes" and d.background_label < d.n_classes:
+        raise ConfigError(
+            f"data.background_label ({d.background_label}) is a class id of the classes task "
+            f"(1..{d.n_classes - 1}); pick a value of at least {d.n_classes}."
+        )

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 from .config import IGNORE_TARGET, Config, DataConfig
 from .errors import InputError
-from .normalize import as_samples, normalize
-from .targets import labels_to_target
+from .normalize import as_samples, normalize_sample
+from .targets import dense_labels, labels_to_target
 
 INTENSITY_SCALE = (0.75, 1.25)  # random multiplicative range of the image (image only)
 INTENSITY_SHIFT = (-0.1, 0.1)  # random additive range, in units of the normalised 0..1 range
@@ -77,10 +77,10 @@ def prepare_samples(
                     f"{name} is {sample.shape[0]}x{sample.shape[1]} pixels; images must be at least "
                     f"{cfg.size_multiple} pixels on each side for a network of this depth."
                 )
-            images.append(normalize(sample, d.norm_low, d.norm_high))
+            images.append(normalize_sample(sample, d))
             targets.append(target)
             names.append(name)
-            lab = np.asarray(label_list[i])
+            lab = dense_labels(label_list[i], d)
             labels_out.append(np.where(target < 0, 0, lab).astype(np.int64, copy=False))
     return images, targets, names, labels_out
 
@@ -191,21 +191,32 @@ class PatchSampler:
         areas = np.array([t.size for t in self.targets], dtype=np.float64)
         self.area_p = areas / areas.sum()
         self.fg_p = fg_counts / fg_counts.sum() if fg_counts.sum() > 0 else None
+        # Sparse strokes: a uniform window would mostly hold unannotated pixels that teach nothing,
+        # so the other patches are centred on annotated pixels (background strokes) instead.
+        self.annotated_pixels: list[np.ndarray] | None = None
+        if cfg.data.sparse:
+            self.annotated_pixels = [np.flatnonzero(t >= 0) for t in self.targets]
+            counts = np.array([len(a) for a in self.annotated_pixels], dtype=np.float64)
+            self.area_p = counts / counts.sum() if counts.sum() > 0 else self.area_p
 
     def window(self, rng: np.random.Generator) -> tuple[int, int, int, bool]:
         """(image index, top, left, centred on foreground) of the next patch."""
-        p = self.patch
         if self.fg_p is not None and rng.random() < self.cfg.data.foreground_fraction:
             i = int(rng.choice(len(self.images), p=self.fg_p))
-            flat = self.fg_pixels[i][rng.integers(len(self.fg_pixels[i]))]
-            h, w = self.targets[i].shape
-            r, c = divmod(int(flat), w)
-            top = min(max(r - p // 2, 0), h - p)
-            left = min(max(c - p // 2, 0), w - p)
-            return i, top, left, True
+            return (i, *self._centred(i, self.fg_pixels[i], rng), True)
         i = int(rng.choice(len(self.images), p=self.area_p))
+        if self.annotated_pixels is not None and len(self.annotated_pixels[i]):
+            return (i, *self._centred(i, self.annotated_pixels[i], rng), False)
+        p = self.patch
         h, w = self.targets[i].shape
         return i, int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1)), False
+
+    def _centred(self, i: int, pixels: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+        """(top, left) of a patch of image `i` centred on one of `pixels` (flat indices), inside the image."""
+        p = self.patch
+        h, w = self.targets[i].shape
+        r, c = divmod(int(pixels[rng.integers(len(pixels))]), w)
+        return min(max(r - p // 2, 0), h - p), min(max(c - p // 2, 0), w - p)
 
     def batch(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """`size` augmented patches: x float32 `(B, P, P, C)`, y int32 `(B, P, P, 1)`."""

@@ -28,7 +28,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError(f"Cannot read {path.name}: {exc}") from exc
 
 
-def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = True) -> Path:
+def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = True, prefix: str | None = None) -> Path:
     """Write a label image as zlib-compressed TIFF through a temporary file that is always removed.
 
     Without ``overwrite`` an existing file is never replaced (OutputError, also an OSError).
@@ -39,7 +39,9 @@ def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = True) -
 
     arr = np.asarray(labels)
     write = lambda tmp: tifffile.imwrite(tmp, arr, compression="zlib", software=SOFTWARE)  # noqa: E731
-    return write_atomic(path, write, overwrite=overwrite)
+    if prefix is None:
+        return write_atomic(path, write, overwrite=overwrite)
+    return write_atomic(path, write, overwrite=overwrite, prefix=prefix)
 
 
 def list_images(paths: Iterable[str | Path]) -> list[Path]:

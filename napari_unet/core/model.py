@@ -42,6 +42,11 @@ def build_model(cfg: Config) -> keras.Model:
     Height and width must be multiples of `cfg.size_multiple`.
     """
     cfg.validate()
+    if cfg.model.architecture == "imported":
+        raise ConfigError(
+            "This model's network came from a bioimage.io package and cannot be built from scratch; "
+            "fine-tune the imported model, or train a napari-unet U-Net (model.architecture 'unet')."
+        )
     inputs = keras.Input((None, None, cfg.data.in_channels), name="image")
     if cfg.model.architecture == "mobilenetv2":
         logits = _mobilenet_unet(inputs, cfg)
@@ -186,7 +191,20 @@ def halo(cfg: Config) -> int:
     `halo` away from a tile's inner edges see exactly what they see in the whole image.
     """
     m = cfg.model
-    return _halo_for(m.architecture, m.depth, m.upsampling)
+    if m.architecture == "imported":
+        return 0  # an imported network's context is its package's halo, stored as predict.overlap
+    known = KNOWN_HALOS.get((m.architecture, m.depth, m.upsampling))
+    return known if known is not None else _halo_for(m.architecture, m.depth, m.upsampling)
+
+
+#: `_halo_for` of every plain U-Net, so that prediction does not build a model (0.2-0.4 s) to learn it;
+#: tests/core/test_predict_startup.py recomputes each entry.
+KNOWN_HALOS: dict[tuple[str, int, str], int] = {
+    ("unet", 1, "transpose"): 9, ("unet", 2, "transpose"): 23, ("unet", 3, "transpose"): 51,
+    ("unet", 4, "transpose"): 107, ("unet", 5, "transpose"): 219, ("unet", 6, "transpose"): 443,
+    ("unet", 1, "bilinear"): 11, ("unet", 2, "bilinear"): 29, ("unet", 3, "bilinear"): 65,
+    ("unet", 4, "bilinear"): 137, ("unet", 5, "bilinear"): 281, ("unet", 6, "bilinear"): 569,
+}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=None)

@@ -158,3 +158,16 @@ def normalize(
     else:
         out[...] = 0.0
     return out
+
+
+def normalize_sample(sample: np.ndarray, data: Any) -> np.ndarray:
+    """The network input for one raw `(H, W, C)` sample, by the model's rule (`cfg.data`).
+
+    napari-unet's own models use percentile normalisation (`norm_low`, `norm_high`); a model imported
+    from a bioimage.io package uses the pre-processing steps its package declares.
+    """
+    if getattr(data, "preprocessing", None):
+        from .preprocessing import apply
+
+        return apply(data.preprocessing, sample)
+    return normalize(sample, data.norm_low, data.norm_high)

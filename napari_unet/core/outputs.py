@@ -162,16 +162,19 @@ def plan_outputs(
     return plans
 
 
-def write_atomic(path: Path | str, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+def write_atomic(
+    path: Path | str, write: Callable[[Path], None], overwrite: bool = False, prefix: str = TEMP_PREFIX
+) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``.
 
     The temporary file is removed on every failure (OSError such as a full disk, any exception,
-    KeyboardInterrupt). Without ``overwrite`` an existing ``path`` is never replaced.
+    KeyboardInterrupt). Without ``overwrite`` an existing ``path`` is never replaced. A ``prefix``
+    that starts with TEMP_PREFIX and names a run lets that run remove what a killed process left.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise OutputError(f"Cannot write {path}: {exc.strerror or exc}. Choose a writable folder.") from exc

@@ -31,9 +31,14 @@ def child_location(parent_path: Path | None, fallback_root: Path, name: str) -> 
     """(root, name) for a fine-tuned child: beside its parent's `vNNN` versions, else `fallback_root/name`.
 
     A child of the shipped starter model goes to `fallback_root`: the installed package is never written.
+    A child of a bioimage.io package goes to `fallback_root`, named after the package's file or folder.
     """
     if parent_path is not None and is_shipped(parent_path):
         return fallback_root, Path(parent_path).parent.name
+    from .bioimageio_import import is_package, package_model_name
+
+    if parent_path is not None and is_package(parent_path):
+        return fallback_root, package_model_name(parent_path)
     if parent_path is not None and Path(parent_path).is_dir() and re.fullmatch(r"v\d{3,}", Path(parent_path).name):
         return Path(parent_path).parent.parent, Path(parent_path).parent.name
     return fallback_root, name

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,7 +24,7 @@ import numpy as np
 from .config import Config
 from .errors import ConfigError, InputError, NapariUNetError
 from .model import halo
-from .normalize import as_samples, check_image, normalize, percentiles
+from .normalize import as_samples, check_image, normalize, normalize_sample, percentiles
 from .targets import probabilities_to_labels
 
 Progress = Callable[[int, int], Any]
@@ -116,16 +117,23 @@ def predict_image(
     cfg: Config | None = None,
     progress: Progress | None = None,
     stop: StopFlag | None = None,
+    fit_memory: bool = False,
 ) -> Prediction:
     """Predict an image in any layout `normalize.as_samples` accepts, slice by slice.
 
     `model` is a keras.Model or a model bundle (anything with `.model` and `.config`; its config is
     used when `cfg` is None). 2D or RGB images give `(H, W, K)` and `(H, W)`; stacks `(N, H, W[, C])`
     give `(N, H, W, K)` and `(N, H, W)`. Each slice is normalised with its own percentiles.
+    With `fit_memory` the tiles are the largest this device's memory holds (`tiling.fit_tiles`)
+    instead of `cfg.predict.tile_size`: the same result, with less halo to compute.
     """
     model, cfg = _model_and_config(model, cfg)
     image = np.asarray(image)
     samples, _ = as_samples(image, in_channels=cfg.data.in_channels)
+    if fit_memory:
+        from .tiling import fit_tiles
+
+        cfg = fit_tiles(cfg, samples[0].shape[0], samples[0].shape[1])
     stacked = image.ndim == 4 or len(samples) > 1 or (image.ndim == 3 and samples[0].shape[:2] != image.shape[:2])
     per_slice = count_tiles(samples[0].shape[0], samples[0].shape[1], cfg)
     total = per_slice * len(samples)
@@ -133,7 +141,7 @@ def predict_image(
     for i, sample in enumerate(samples):
         report = None if progress is None else _offset_progress(progress, i * per_slice, total)
         p = predict_probabilities(
-            model, normalize(sample, cfg.data.norm_low, cfg.data.norm_high), cfg, progress=report, stop=stop
+            model, normalize_sample(sample, cfg.data), cfg, progress=report, stop=stop
         )
         probs.append(p)
         labels.append(probabilities_to_labels(p, cfg))
@@ -218,6 +226,13 @@ def _lazy_image(darr: Any, cfg: Config):
 
     x = darr if isinstance(darr, da.Array) else da.from_array(darr, chunks="auto")
     check_image(x, "image")
+    if cfg.data.preprocessing:
+        # Chunks share whole-image statistics, which only the percentile normalisation has for now.
+        steps = ", ".join(str(step.get("id")) for step in cfg.data.preprocessing)
+        raise InputError(
+            f"Large-image prediction supports percentile normalisation only; this imported model declares "
+            f"the pre-processing {steps}. Load the image into memory to predict it."
+        )
     c = cfg.data.in_channels
     if x.ndim == 2 and c == 1:
         return x[:, :, None]
@@ -259,8 +274,29 @@ def _offset_progress(progress: Progress, offset: int, total: int) -> Progress:
 
 def _call_model(model: keras.Model, batch: np.ndarray) -> np.ndarray:
     with _MODEL_LOCK:
-        out = model.predict_on_batch(batch)
+        if isinstance(model, keras.Model) and keras.backend.backend() == "tensorflow":
+            out = _predict_function(model)(batch)
+        else:  # e.g. an imported package's runtime, which only offers predict_on_batch
+            out = model.predict_on_batch(batch)
     return np.asarray(out, dtype=np.float32)
+
+
+#: One traced inference function per model, for any batch, height and width.
+_PREDICT_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _predict_function(model: keras.Model) -> Callable[[np.ndarray], Any]:
+    """`model(x, training=False)` traced once for all tile shapes (predict_on_batch traces the first few
+    shapes separately: about 0.2 s per new shape when a folder of differently sized images starts)."""
+    fn = _PREDICT_FUNCTIONS.get(model)
+    if fn is None:
+        import tensorflow as tf
+
+        ref = weakref.ref(model)  # the cache must not keep the model alive
+        spec = tf.TensorSpec((None, None, None, model.input_shape[-1]), tf.float32)
+        fn = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
+        _PREDICT_FUNCTIONS[model] = fn
+    return fn
 
 
 def _check_sample(image: np.ndarray, cfg: Config) -> np.ndarray:

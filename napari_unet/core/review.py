@@ -32,7 +32,7 @@ import tifffile
 from .config import Config
 from .errors import InputError
 from .io import list_images, read_image, write_labels
-from .normalize import as_samples, check_image, normalize
+from .normalize import as_samples, check_image, normalize_sample
 from .targets import foreground_probability
 
 INDEX_FILE = "review.json"
@@ -202,7 +202,7 @@ def predict_for_review(
             f"{name} is {sample.shape[0]}x{sample.shape[1]} pixels; the model needs at least "
             f"{cfg.size_multiple} pixels on each side."
         )
-    x = normalize(sample, cfg.data.norm_low, cfg.data.norm_high)
+    x = normalize_sample(sample, cfg.data)
     probs = np.asarray(predict_probabilities(model, x, cfg, stop=stop), dtype=np.float32)
     augmented = augmented_predictions(model, x, cfg, METHOD_AUGMENTATIONS.get(method, ()), stop)
     threshold = cfg.predict.threshold if cfg.data.task == "binary" else 0.5

@@ -29,7 +29,7 @@ from tensorflow.python.framework import ops
 from . import bundle as bundle_io
 from .config import IGNORE_TARGET, Config
 from .data import TrainingPair, make_train_dataset, prepare_samples, split_pairs
-from .errors import InputError
+from .errors import BundleError, InputError
 from .states import JobState
 from .losses import make_loss
 from .metrics import make_metrics
@@ -93,6 +93,7 @@ class TrainResult:
     training_data: list[dict[str, Any]]
     replay: tuple[list[np.ndarray], list[np.ndarray]]
     parent: str | None = None
+    imported_from: dict | None = None  # the bioimage.io package the lineage started from
 
     def to_bundle(self) -> bundle_io.ModelBundle:
         return bundle_io.ModelBundle(
@@ -102,6 +103,7 @@ class TrainResult:
             training_data=self.training_data,
             parent=self.parent,
             metrics=self.metrics,
+            metadata={} if self.imported_from is None else {"imported_from": self.imported_from},
         )
 
     def save(self, root: Any, name: str) -> Any:
@@ -182,6 +184,8 @@ def finetune(
     """
     t0 = time.monotonic()
     cfg = parent.config
+    if not isinstance(parent.model, keras.Model):  # before any data is prepared
+        raise BundleError(getattr(parent.model, "not_trainable", f"{parent.label} cannot be fine-tuned."))
     n_epochs = int(epochs) if epochs is not None else int(cfg.train.finetune_epochs)
     data = _training_data(new_pairs, val_pairs, cfg)
     replay_images, replay_targets = (
@@ -190,9 +194,7 @@ def finetune(
     keras.utils.set_random_seed(cfg.train.seed + 1)
     strategy = configure_devices(cfg)
     with strategy.scope():
-        # A fresh build, not clone_model: cloning a compiled model trips over its custom loss.
-        model = build_model(cfg)
-        model.set_weights(parent.model.get_weights())
+        model = _trainable_copy(parent, cfg)
     dataset = _mixed_dataset(data.train_images, data.train_targets, replay_images, replay_targets, cfg)
     before = (
         evaluate_arrays(parent.model, data.val_images, data.val_targets, cfg, data.val_labels) if data.val_images else {}
@@ -206,7 +208,10 @@ def finetune(
     parent_path = str(parent.path) if parent.path is not None else None
 
     def result(model: keras.Model, config: Config, history, status, best_epoch, metrics) -> TrainResult:
-        return TrainResult(model, config, history, status, best_epoch, metrics, training_data, replay, parent_path)
+        return TrainResult(
+            model, config, history, status, best_epoch, metrics, training_data, replay, parent_path,
+            parent.metadata.get("imported_from"),
+        )  # fmt: skip
 
     # Selection also watches a few replay patches, so the kept epoch is one that still knows the old data.
     guard = _replay_guard(replay_images, replay_targets, cfg)
@@ -221,6 +226,17 @@ def finetune(
         metrics["replay_dice"] = evaluate_arrays(model, *guard, cfg).get("dice", float("nan"))
         metrics["before_replay_dice"] = evaluate_arrays(parent.model, *guard, cfg).get("dice", float("nan"))
     return result(model, cfg, history, status, best_epoch, metrics)
+
+
+def _trainable_copy(parent: bundle_io.ModelBundle, cfg: Config) -> keras.Model:
+    """A fresh network with the parent's weights: rebuilt from `cfg`, or copied when it was imported."""
+    if cfg.model.architecture == "imported":
+        model = keras.models.clone_model(parent.model)  # loaded without compile, so nothing custom to clone
+    else:
+        # A fresh build, not clone_model: cloning a compiled model trips over its custom loss.
+        model = build_model(cfg)
+    model.set_weights(parent.model.get_weights())
+    return model
 
 
 def evaluate_arrays(

@@ -38,6 +38,7 @@ from .messages import (
     Failed,
     FinetuneRequest,
     Finished,
+    JobMessage,
     PairRef,
     Request,
     ReviewFinetuneRequest,
@@ -84,6 +85,7 @@ class Job:
     started_at: float = field(default_factory=time.monotonic)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _stop_requested: bool = False
+    _outbox: list[JobMessage] | None = field(default_factory=list, repr=False)  # None once the request is sent
     _timer: threading.Timer | None = field(default=None, repr=False)
     _cleanup: Callable[[], None] | None = field(default=None, repr=False)
 
@@ -189,6 +191,18 @@ class ComputeClient:
         job._timer.daemon = True
         job._timer.start()
 
+    def send(self, job: Job, message: JobMessage) -> bool:
+        """Send a message to a running job (kept until its request reaches the worker); False once it ended."""
+        message.job = job.id
+        with self._lock:
+            if not job.running or job._stop_requested:
+                return False
+            if job._outbox is not None:
+                job._outbox.append(message)
+                return True
+        self._send(message)
+        return True
+
     @property
     def busy(self) -> bool:
         with self._lock:
@@ -247,6 +261,10 @@ class ComputeClient:
             started = False
             try:
                 self._send(job.request, conn)
+                with self._lock:  # messages sent meanwhile follow their request, in order
+                    for message in job._outbox or []:
+                        self._send(message, conn)
+                    job._outbox = None
                 while True:
                     event = conn.recv()
                     if getattr(event, "job", None) != job.id:
@@ -293,6 +311,9 @@ class ComputeClient:
         env = dict(os.environ)
         env.update({AUTHKEY_ENV: key.hex(), IDLE_ENV: str(self.idle_s), "PYTHONUNBUFFERED": "1"})
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # The worker runs Keras on TensorFlow; an inherited other backend (bioimageio.core's keras
+        # adapter sets KERAS_BACKEND when it is imported, default "torch") would break every job.
+        env["KERAS_BACKEND"] = "tensorflow"
         if self.device is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.device  # for the worker only
         self.starts += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -12,8 +13,8 @@ import numpy as np
 
 from napari_unet.core.config import Config
 from napari_unet.core.paths import child_location
+from napari_unet.core.targets import compact_labels
 from napari_unet.core.states import JobState
-from napari_unet.core.versions import checkpoint_dir, discard_checkpoint, promote_checkpoint
 
 from . import arrays
 from .messages import (
@@ -122,11 +123,11 @@ class _Updates:
 
 def preview_labels(model: Any, plane: np.ndarray, cfg: Config) -> np.ndarray:
     """Labels the model predicts for a preview plane right now."""
-    from napari_unet.core.normalize import as_samples, normalize
+    from napari_unet.core.normalize import as_samples, normalize_sample
     from napari_unet.core.train import predict_labels
 
     samples, _ = as_samples(plane, in_channels=cfg.data.in_channels, name="preview image")
-    return predict_labels(model, normalize(samples[0], cfg.data.norm_low, cfg.data.norm_high), cfg)
+    return predict_labels(model, normalize_sample(samples[0], cfg.data), cfg)
 
 
 def _preview(ref: Any) -> np.ndarray | None:
@@ -139,47 +140,19 @@ def _pairs(refs: list[PairRef]) -> list[Any]:
     return [TrainingPair(np.array(arrays.view(p.image)), np.array(arrays.view(p.labels)), p.name) for p in refs]
 
 
-class _Checkpoints:
-    """`on_best` for core training: each newly selected model becomes the job's checkpoint on disk."""
-
-    def __init__(self, root: Path, name: str, job: str) -> None:
-        self.root, self.name, self.job = root, name, job
-        self.saved = 0
-
-    def __call__(self, result: Any) -> None:
-        from napari_unet.core.bundle import save_checkpoint
-
-        # The replay data of a job does not change: written once, carried over by later checkpoints.
-        replay = result.replay if self.saved == 0 else None
-        save_checkpoint(result.to_bundle(), self.root, self.name, self.job, replay=replay)
-        self.saved += 1
-
-
 def _fit_and_save(
     run: Callable[[Any, Any], Any], root: Path, name: str, job: str, stop: threading.Event
 ) -> tuple[JobState, TrainOutcome]:
     """Train with checkpoints; publish the final model (done) or the checkpoint (stopped) as a version."""
-    from napari_unet.core.bundle import save_bundle
+    from napari_unet.core.checkpointed import fit_and_publish
 
-    checkpoints = _Checkpoints(root, name, job)
-    model_dir = root / name
-    try:
-        result = run(checkpoints, stop)
-        stopped = result.status == "stopped" or stop.is_set()
-        if not result.history:
-            path = None
-        elif stopped and (checkpoint_dir(model_dir, job)).is_dir():
-            path = promote_checkpoint(model_dir, job)  # instant: Stop needs no new save
-        else:
-            path = save_bundle(result.to_bundle(), root, name, replay=result.replay)
-    finally:
-        discard_checkpoint(model_dir, job)
-    state = JobState.STOPPED if stopped else JobState.DONE
+    published = fit_and_publish(run, root, name, job, stop)
+    state, path = published.state, published.path
     if path is None:
         return state, TrainOutcome(state, "Stopped before the first epoch ended; nothing was saved.", None)
     info = model_info(path)
     what = "Finished" if state == JobState.DONE else "Stopped; kept the best epoch"
-    return state, TrainOutcome(state, f"{what}. Saved {info.label} to {path}", info, dict(result.metrics))
+    return state, TrainOutcome(state, f"{what}. Saved {info.label} to {path}", info, dict(published.result.metrics))
 
 
 def _train(request: TrainRequest, emit: Emit, stop: threading.Event) -> tuple[JobState, Any]:
@@ -201,6 +174,9 @@ def _finetune(request: FinetuneRequest, emit: Emit, stop: threading.Event) -> tu
 
     _started(request.job, emit)
     parent = load_model(request.parent)
+    if request.sparse_background is not None:  # a copy: the cached bundle keeps its own config
+        sparse = {"sparse": True, "background_label": request.sparse_background, "ignore_label": None}
+        parent = dataclasses.replace(parent, config=parent.config.replace(data=sparse))
     pairs = _pairs(request.pairs)
     updates = _Updates(request.job, emit, parent.config, _preview(request.preview), request.scratch)
     root, name = child_location(Path(request.parent), Path(request.fallback_root), Path(request.parent).parent.name)
@@ -231,7 +207,7 @@ def _predict(request: PredictRequest, emit: Emit, stop: threading.Event) -> tupl
         return JobState.STOPPED, None
     outcome = PredictOutcome(
         arrays.put(request.scratch, np.asarray(result.probabilities, dtype=np.float32)),
-        arrays.put(request.scratch, np.asarray(result.labels)),
+        arrays.put(request.scratch, compact_labels(result.labels)),
         time.monotonic() - start,
         bundle_info(bundle),
     )
@@ -302,3 +278,18 @@ _HANDLERS: dict[type, Callable[[Any, Emit, threading.Event], tuple[JobState, Any
     ReviewPredictRequest: _review_predict,
     ReviewFinetuneRequest: _review_finetune,
 }
+
+from .live import run_live  # noqa: E402  (jobs/live.py uses this module's helpers)
+from .live_messages import LiveRequest  # noqa: E402
+
+_HANDLERS[LiveRequest] = run_live
+
+from .store_messages import PredictStoreRequest  # noqa: E402
+from .store_predict import run_store_predict  # noqa: E402  (jobs/store_predict.py uses this module's helpers)
+
+_HANDLERS[PredictStoreRequest] = run_store_predict
+
+from .export import run_export  # noqa: E402  (jobs/export.py uses this module's helpers)
+from .export_messages import ExportRequest  # noqa: E402
+
+_HANDLERS[ExportRequest] = run_export

@@ -66,6 +66,7 @@ class FinetuneRequest(Request):
     fallback_root: str
     preview: ArrayRef | None = None
     preview_rgb: bool = False
+    sparse_background: int | None = None  # sparse labels (0 = not annotated) with this background value
 
 
 @dataclass
@@ -109,6 +110,13 @@ class StopRequest:
 @dataclass
 class ShutdownRequest:
     """The worker exits after the running job."""
+
+
+@dataclass
+class JobMessage:
+    """Base of messages to a running job (`ComputeClient.send`); the worker queues them for its handler."""
+
+    job: str = field(default="", kw_only=True)  # set by the client
 
 
 # ---------------------------------------------------------------- results

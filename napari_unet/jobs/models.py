@@ -12,8 +12,12 @@ from .messages import ModelInfo
 
 
 def model_info(version_dir: Path | str) -> ModelInfo:
-    """The ModelInfo of a version folder; BundleError when its metadata cannot be read."""
+    """The ModelInfo of a version folder or a bioimage.io package; BundleError when it cannot be read."""
+    from napari_unet.core.bioimageio_import import describe_package, is_package
+
     version_dir = Path(version_dir)
+    if is_package(version_dir):
+        return info_from_metadata(describe_package(version_dir).metadata, version_dir)
     try:
         meta = json.loads((version_dir / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:

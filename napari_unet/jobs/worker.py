@@ -17,17 +17,25 @@ from multiprocessing.connection import Client, Connection
 from napari_unet.core.errors import NapariUNetError
 
 from .client import AUTHKEY_ENV, DEFAULT_IDLE_S, IDLE_ENV
-from .messages import Event, Failed, Finished, Request, ShutdownRequest, StopRequest
+from .messages import Event, Failed, Finished, JobMessage, Request, ShutdownRequest, StopRequest
 
 #: Nice value of the worker: the viewer's process wins the cores when it needs them.
 WORKER_NICE = 10
+
+
+class JobControl(threading.Event):
+    """A job's stop flag, with the queue of messages the viewer sends to the running job."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: queue.Queue[JobMessage] = queue.Queue()
 
 
 class Worker:
     def __init__(self, conn: Connection, idle_s: float) -> None:
         self.conn, self.idle_s = conn, idle_s
         self.inbox: queue.Queue[Request | None] = queue.Queue()
-        self.stops: dict[str, threading.Event] = {}
+        self.stops: dict[str, JobControl] = {}
         self._send_lock = threading.Lock()
 
     def send(self, event: Event) -> None:
@@ -41,11 +49,15 @@ class Worker:
             except (EOFError, OSError):
                 os._exit(0)  # the viewer is gone: nobody is waiting for results
             if isinstance(message, StopRequest):
-                self.stops.setdefault(message.job, threading.Event()).set()
+                self.stops.setdefault(message.job, JobControl()).set()
+            elif isinstance(message, JobMessage):  # sent after its request: a missing job has ended
+                control = self.stops.get(message.job)
+                if control is not None:
+                    control.messages.put(message)
             elif isinstance(message, ShutdownRequest):
                 self.inbox.put(None)
             elif isinstance(message, Request):
-                self.stops.setdefault(message.job, threading.Event())
+                self.stops.setdefault(message.job, JobControl())
                 self.inbox.put(message)
 
     def serve(self) -> None:

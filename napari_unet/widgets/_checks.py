@@ -104,9 +104,18 @@ def check_patch_fits(image: LayerArray, patch_size: int, size_multiple: int) -> 
 
 
 def training_arrays(
-    image: LayerArray, labels: LayerArray, task: str, n_classes: int, patch_size: int, size_multiple: int
+    image: LayerArray,
+    labels: LayerArray,
+    task: str,
+    n_classes: int,
+    patch_size: int,
+    size_multiple: int,
+    background_label: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Snapshot numpy copies of a training pair after every check; raises InputError with the reason."""
+    """Snapshot numpy copies of a training pair after every check; raises InputError with the reason.
+
+    `background_label` is set for sparse labels (0 = not annotated): it is not a class id.
+    """
     check_shapes(image, labels)
     check_patch_fits(image, patch_size, size_multiple)
     img = np.array(image.data, copy=True)
@@ -117,9 +126,10 @@ def training_arrays(
             f"Labels '{labels.name}' are all zero, so there is nothing to learn from; paint some objects "
             "with the brush or pick another labels layer."
         )
-    if task == "classes" and int(lab.max()) >= n_classes:
+    ids = lab if background_label is None else np.where(lab == background_label, 0, lab)
+    if task == "classes" and int(ids.max()) >= n_classes:
         raise InputError(
-            f"Labels '{labels.name}' contain the value {int(lab.max())} but the task has {n_classes} classes "
+            f"Labels '{labels.name}' contain the value {int(ids.max())} but the task has {n_classes} classes "
             f"(0..{n_classes - 1}); raise the number of classes or use the instances task."
         )
     if lab.min() < 0:

@@ -15,7 +15,7 @@ from qtpy.QtCore import QObject, Signal
 
 from napari_unet.core.states import JobState
 from napari_unet.jobs.client import ComputeClient, Job, RequestSource, session_client
-from napari_unet.jobs.messages import Event, Failed, Finished
+from napari_unet.jobs.messages import Event, Failed, Finished, JobMessage
 
 from ._notify import log
 
@@ -98,6 +98,10 @@ class WorkerJob:
         """Stop: asked at once, the worker terminated after a grace period if need be. Returns at once."""
         if self._job is not None and self.running:
             self._client().stop(self._job)
+
+    def send(self, message: JobMessage) -> bool:
+        """Send a message to the running job (live strokes, Freeze); False when none runs."""
+        return self._job is not None and self.running and self._client().send(self._job, message)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._job is None or self._job.wait(timeout)

@@ -20,6 +20,8 @@ from superqt import QCollapsible
 from napari_unet.core.config import LOSSES, TASKS, Config
 from napari_unet.core.errors import ConfigError
 
+from ._sparse import SparseLabels
+
 #: Presets: "Fast (CPU)" trains a first model in about a minute on a 2-core laptop CPU.
 PRESETS: dict[str, dict[str, int]] = {
     "Fast (CPU)": {"depth": 4, "filters": 8, "patch": 256, "batch": 4, "epochs": 8, "steps": 40},
@@ -88,6 +90,8 @@ class TrainingSettings(QWidget):
         task_row.addWidget(self.task, 1)
         task_row.addWidget(self.n_classes)
         form.addRow("Task", task_row)
+        self.sparse = SparseLabels()
+        form.addRow(self.sparse)
         form.addRow("Preset", self.preset)
         self.advanced = QCollapsible("Advanced")
         adv = QWidget()
@@ -177,6 +181,7 @@ class TrainingSettings(QWidget):
                 "intensity": self.intensity.isChecked(),
                 "elastic": self.elastic.isChecked(),
                 "val_fraction": round(self.val_fraction.value(), 4),
+                **self.sparse.data_values(),
             },
             "train": {
                 "epochs": self.epochs.value(),

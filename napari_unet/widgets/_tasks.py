@@ -61,15 +61,21 @@ def train_request(
 
 
 def finetune_request(
-    parent: ModelEntry, pairs: Sequence[CorrectedPair], epochs: int, fallback_root: Path, preview: Preview | None
+    parent: ModelEntry,
+    pairs: Sequence[CorrectedPair],
+    epochs: int,
+    fallback_root: Path,
+    preview: Preview | None,
+    sparse_background: int | None = None,
 ) -> Build:
+    """A fine-tuning round; `sparse_background` set: the pairs are sparse labels with that background value."""
     if parent.path is None:
         raise ValueError(f"{parent.label} has no folder on disk to fine-tune from.")
 
     def build(scratch: Path) -> FinetuneRequest:
         return FinetuneRequest(
             str(parent.path), _pair_refs(scratch, pairs), int(epochs), str(fallback_root),
-            _preview_ref(scratch, preview), bool(preview and preview.rgb),
+            _preview_ref(scratch, preview), bool(preview and preview.rgb), sparse_background,
         )  # fmt: skip
 
     return build

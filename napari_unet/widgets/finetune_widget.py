@@ -32,6 +32,7 @@ from ._layers import META_KEY, layer_array
 from ._monitor import TrainingMonitor
 from ._notify import failure_message, show_error, show_info, show_warning
 from ._pickers import LayerPicker
+from ._sparse import SparseLabels
 from ._tasks import finetune_request, predict_request
 from .models_registry import CorrectedPair, ModelEntry, ModelRegistry, Round
 from .predict_widget import Predicted, PredictionLayers
@@ -74,6 +75,8 @@ class FinetuneWidget(JobWidget):
         set_form = QFormLayout(set_box)
         set_form.addRow("Labels", self.labels_picker)
         set_form.addRow("Image", self.image_picker)
+        self.sparse = SparseLabels()
+        set_form.addRow(self.sparse)
         set_form.addRow(self.add_button)
         set_form.addRow(self.pair_list)
         set_form.addRow(self.clear_button)
@@ -111,11 +114,23 @@ class FinetuneWidget(JobWidget):
         round_form.addRow(self.monitor)
         round_form.addRow(self.result_label)
 
-        self.body_layout.addWidget(self.model_label)
+        self.export_button = QPushButton("Export for bioimage.io…")
+        self.export_button.setToolTip("The current model version as a bioimage.io package")
+        self.export_button.clicked.connect(self.open_export)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_label, 1)
+        model_row.addWidget(self.export_button)
+        self.body_layout.addLayout(model_row)
         self.body_layout.addWidget(set_box)
         self.body_layout.addWidget(round_box)
         self.finish_layout()
         self._on_registry_changed()
+
+    def open_export(self) -> Any:
+        """Export for bioimage.io… (export_dialog.py) for the current model version."""
+        from .export_dialog import open_export_dialog
+
+        return open_export_dialog(self, self.registry.current)
 
     # ------------------------------------------------------------------ state
     @property
@@ -133,6 +148,7 @@ class FinetuneWidget(JobWidget):
     def _on_registry_changed(self) -> None:
         entry = self.registry.current
         self.model_label.setText(f"Current model: {entry.label} ({entry.source})" if entry is not None else NO_MODEL)
+        self.export_button.setEnabled(entry is not None and entry.path is not None and entry.path.is_dir())
         self.pair_list.clear()
         for pair in self.registry.pending:
             self.pair_list.addItem(f"{pair.name}  ({' x '.join(map(str, pair.labels.shape))})")
@@ -155,8 +171,9 @@ class FinetuneWidget(JobWidget):
             model_channels(img_arr.channels, entry.config.data.in_channels)
             cfg = entry.config
             img, lab = training_arrays(
-                img_arr, lab_arr, cfg.data.task, cfg.data.n_classes, cfg.data.patch_size, cfg.size_multiple
-            )
+                img_arr, lab_arr, cfg.data.task, cfg.data.n_classes, cfg.data.patch_size, cfg.size_multiple,
+                self.sparse.background_label(),
+            )  # fmt: skip
         except PatchTooLargeError as exc:
             show_error(f"{exc} The model was trained with {entry.config.data.patch_size}-pixel patches.")
             return False
@@ -189,7 +206,8 @@ class FinetuneWidget(JobWidget):
         self.run_job(
             self.job,
             # No per-epoch preview: the image is re-predicted once the round ends.
-            finetune_request(entry, self._round_pairs, self.epochs.value(), default_model_root(), None),
+            finetune_request(entry, self._round_pairs, self.epochs.value(), default_model_root(), None,
+                             self.sparse.background_label()),  # fmt: skip
             self.monitor.show,
             self._on_finished,
         )

@@ -35,6 +35,7 @@ from napari_unet.core.states import JobState
 from napari_unet.core.targets import foreground_probability, stack_probabilities_to_labels
 from napari_unet.jobs import arrays
 from napari_unet.jobs.messages import Event, InspectRequest, PredictOutcome, Progress
+from napari_unet.jobs.store_messages import PredictStoreOutcome
 
 from ._base import JobWidget
 from ._checks import LayerArray, check_spatial_layout, model_channels
@@ -42,6 +43,7 @@ from ._jobs import WorkerJob
 from ._layers import META_KEY, layer_array, placement, unique_name
 from ._notify import failure_message, report, show_error, show_info
 from ._pickers import LayerPicker
+from ._store_predict import add_store_layer, store_request, wants_store
 from ._tasks import predict_request
 from .models_registry import ModelEntry, ModelRegistry
 
@@ -174,9 +176,13 @@ class PredictWidget(JobWidget):
         load_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(load_button)
         menu.addAction("Model folder…", self._browse_folder)
-        menu.addAction("Model .zip…", self._browse_zip)
+        menu.addAction("Model .zip or bioimage.io package…", self._browse_zip)
         menu.addAction("Starter model: fluorescence nuclei", self.load_starter)
         load_button.setMenu(menu)
+        self.export_button = QToolButton()
+        self.export_button.setText("Export…")
+        self.export_button.setToolTip("Export for bioimage.io…: the picked model version as a bioimage.io package")
+        self.export_button.clicked.connect(self.open_export)
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("or type a model folder / .zip path and press Enter")
         self.path_edit.returnPressed.connect(lambda: self.load_model(self.path_edit.text()))
@@ -186,6 +192,7 @@ class PredictWidget(JobWidget):
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(load_button)
+        model_row.addWidget(self.export_button)
         model_box = QGroupBox("Model")
         model_form = QFormLayout(model_box)
         model_form.addRow(model_row)
@@ -277,6 +284,7 @@ class PredictWidget(JobWidget):
     def _show_model(self, entry: ModelEntry | None) -> None:
         """Describe the chosen model and load its post-processing defaults into the controls."""
         self._shown_entry = entry
+        self.export_button.setEnabled(entry is not None and entry.path is not None and entry.path.is_dir())
         if entry is None:
             self.model_info.setText(NO_MODEL)
             return
@@ -303,14 +311,22 @@ class PredictWidget(JobWidget):
         self.threshold.setEnabled(cfg.data.task != "classes")
 
     def _browse_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Model folder or version folder (v001…)")
+        folder = QFileDialog.getExistingDirectory(self, "Model folder, version folder (v001…) or bioimage.io package folder")
         if folder:
             self.load_model(folder)
 
     def _browse_zip(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Model .zip", "", "Model archives (*.zip)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model .zip or bioimage.io package", "", "Model archives and bioimage.io packages (*.zip)"
+        )
         if path:
             self.load_model(path)
+
+    def open_export(self) -> Any:
+        """Export for bioimage.io… (export_dialog.py) for the picked model version."""
+        from .export_dialog import open_export_dialog
+
+        return open_export_dialog(self, self.entry)
 
     def load_starter(self) -> bool:
         """Load the shipped nuclei model: a mask before anything is painted, and a start for fine-tuning."""
@@ -324,7 +340,8 @@ class PredictWidget(JobWidget):
         return self.load_model(path)
 
     def load_model(self, path: str | Path) -> bool:
-        """Load a model folder, version folder or .zip in the background; it becomes the current model."""
+        """Load a model folder, version folder, .zip or bioimage.io package in the background; it becomes the
+        current model."""
         text = str(path).strip()
         if not text:
             show_error("Type the path of a model folder or .zip first.")
@@ -380,9 +397,12 @@ class PredictWidget(JobWidget):
         self._set_status(JobState.STARTING, f"Predicting {layer.name} with {entry.label}{queued}…")
         self.predict_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        self.run_job(
-            self.job, predict_request(entry, image.data, image.rgb), self._on_event, partial(self._on_predicted, entry)
-        )
+        if wants_store(layer, image.data, image.rgb):  # large or lazy: labels go to an OME-Zarr store, shown lazily
+            threshold = None if entry.config.data.task == "classes" else round(self.threshold.value(), 4)
+            request = store_request(entry.path, entry.label, layer, image.data, threshold)
+        else:
+            request = predict_request(entry, image.data, image.rgb)
+        self.run_job(self.job, request, self._on_event, partial(self._on_predicted, entry))
         return True
 
     def stop_prediction(self) -> None:
@@ -407,6 +427,9 @@ class PredictWidget(JobWidget):
         if job.state == JobState.STOPPED or job.result is None:
             self._set_status(JobState.STOPPED, "Prediction stopped; no layer was added.")
             return
+        if isinstance(job.result, PredictStoreOutcome):
+            self._show_store(entry, image, job.result)
+            return
         result: PredictOutcome = job.result
         outcome = Predicted(arrays.take(result.probabilities), arrays.take(result.labels), result.seconds)
         if image is None or image not in self.viewer.layers:
@@ -420,6 +443,18 @@ class PredictWidget(JobWidget):
                 record, stack_probabilities_to_labels(outcome.probabilities, entry.config, **options)
             )
         self._set_status(JobState.DONE, f"Added '{record.labels_layer.name}' in {outcome.seconds:.1f} s.")
+
+    def _show_store(self, entry: ModelEntry, image: Image | None, result: PredictStoreOutcome) -> None:
+        if image is None or image not in self.viewer.layers:
+            self._set_status(JobState.IDLE, f"The image layer was removed while predicting; the labels are in {result.path}.")
+            return
+        self.progress.setValue(1000)
+        layer = add_store_layer(self.viewer, image, result.path, entry.label, str(entry.path or ""))
+        self._set_status(
+            JobState.DONE,
+            f"Added '{layer.name}' in {result.seconds:.1f} s, read lazily from {result.path} (post-processing "
+            "controls re-apply to in-memory predictions only; predict again to change this one).",
+        )
 
     def job_queue_busy(self) -> bool:
         from napari_unet.jobs.client import session_client

@@ -78,7 +78,7 @@ class ReviewInputs(QWidget):
         form.addRow("Session", self.model_combo)
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("model folder or version folder (v001)")
-        browse_model = self._browse("Model folder or version folder", self.model_edit)
+        browse_model = self._browse("Model folder, version folder or bioimage.io package folder", self.model_edit)
         form.addRow("Path", _with_button(self.model_edit, "Load…", browse_model))
         self.method_combo = QComboBox()
         for method, text in METHOD_NAMES.items():

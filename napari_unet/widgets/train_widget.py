@@ -260,8 +260,10 @@ class TrainWidget(JobWidget):
         return self.job.running
 
     # ------------------------------------------------------------------ training
-    def collect_pairs(self, patch_size: int, size_multiple: int, task: str, n_classes: int) -> list[CorrectedPair]:
-        """Checked snapshots of the chosen pairs; raises InputError saying what to fix."""
+    def collect_pairs(
+        self, patch_size: int, size_multiple: int, task: str, n_classes: int, background_label: int | None = None
+    ) -> list[CorrectedPair]:
+        """Checked snapshots of the chosen pairs (`background_label`: sparse labels); raises InputError saying what to fix."""
         if not any(isinstance(lyr, Image) for lyr in self.viewer.layers):
             raise InputError(NO_LAYERS)
         if not any(isinstance(lyr, Labels) for lyr in self.viewer.layers):
@@ -276,7 +278,7 @@ class TrainWidget(JobWidget):
             if chosen is None:
                 continue
             image, labels = chosen
-            img, lab = training_arrays(image, labels, task, n_classes, patch_size, size_multiple)
+            img, lab = training_arrays(image, labels, task, n_classes, patch_size, size_multiple, background_label)
             name = image.name if image.name not in names else f"{image.name} + {labels.name}"
             names.add(name)
             pairs.append(CorrectedPair(img, lab, name, image.rgb))
@@ -294,7 +296,9 @@ class TrainWidget(JobWidget):
             chosen = [pair for pair in (row.arrays() for row in self.rows) if pair is not None]
             channels = [min(image.channels, 3) for image, _ in chosen]  # RGBA trains as RGB
             cfg = settings.config(channel_count(channels) if channels else 1)
-            pairs = self.collect_pairs(cfg.data.patch_size, cfg.size_multiple, cfg.data.task, cfg.data.n_classes)
+            pairs = self.collect_pairs(
+                cfg.data.patch_size, cfg.size_multiple, cfg.data.task, cfg.data.n_classes, settings.sparse.background_label()
+            )
             name = self.name_edit.text().strip() or "unet"
             check_model_name(name)
             root = model_folder(self.folder_edit.text().strip() or str(default_model_root()))

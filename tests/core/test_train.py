@@ -114,4 +114,7 @@ def test_finetuning_improves_the_new_image_and_keeps_the_old_version(trained, nu
     assert _hashes(v1) == before_files
     child = load_bundle(v2)
     assert child.parent == str(v1) and child.version == parent.version + 1
+    # The lineage stores each replay patch once: the round added only the patches of its new pair.
+    old, kept = parent.metadata["replay"]["patches"], child.metadata["replay"]["patches"]
+    assert set(old) & set(kept) and len(list((v1.parent / "replay").glob("*.npz"))) == len(set(old) | set(kept))
     assert {"dice", "before_dice"} <= set(result.metrics)

@@ -23,7 +23,7 @@ import pytest
 import tifffile
 from reliability_helpers import REPO, blob_pair, file_hashes
 
-from napari_unet.core.bundle import FORMAT_VERSION, latest_version, list_versions, load_bundle
+from napari_unet.core.bundle import FORMAT_VERSION, latest_version, list_versions, load_bundle, load_replay
 
 
 @pytest.fixture
@@ -92,14 +92,16 @@ def test_disk_full_while_saving_a_training_result_keeps_earlier_versions(trained
     first = trained.result.save(root, "m")
     before = file_hashes(first)
 
-    def full(self, *args, **kwargs):
+    def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tifffile.TiffWriter, "write", full)
+    # The model file is written, then the metadata write fails (the replay patches are already shared).
+    monkeypatch.setattr("napari_unet.core.bundle._write_json", full)
     with pytest.raises(BundleError, match="No space left on device.*Earlier versions are unchanged"):
         trained.result.save(root, "m")
-    assert [p.name for p in (root / "m").iterdir()] == ["v001"]  # no partial version, no temp folder
-    assert file_hashes(first) == before
+    # No partial version, no temp folder; the lineage's replay store is intact.
+    assert sorted(p.name for p in (root / "m").iterdir()) == ["replay", "v001"]
+    assert file_hashes(first) == before and len(load_replay(first)[0]) == len(trained.result.replay[0])
     monkeypatch.undo()
     assert trained.result.save(root, "m").name == "v002"
 

@@ -179,7 +179,7 @@ def test_ctrl_c_on_the_command_line_saves_nothing(tmp_path, monkeypatch, capsys,
             "--name", "m", "--models", str(tmp_path / "models"),
             "--depth", "2", "--filters", "8", "--patch", "32", "--batch", "4", "--epochs", "2", "--steps", "5"]  # fmt: skip
     assert cli.main(args) == 130
-    assert "interrupted" in capsys.readouterr().err
+    assert "Interrupted before the first epoch ended; nothing was saved." in capsys.readouterr().err
     assert not (tmp_path / "models" / "m").exists() or not any((tmp_path / "models" / "m").iterdir())
 
 

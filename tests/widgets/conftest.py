@@ -21,6 +21,7 @@ def _fresh_session(monkeypatch, tmp_path):
     from napari_unet.widgets.models_registry import session_registry
 
     monkeypatch.setenv("NAPARI_UNET_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("NAPARI_UNET_PREDICTIONS_DIR", str(tmp_path / "predictions"))
     session_registry().clear()
     yield
     session_registry().clear()

@@ -81,7 +81,7 @@ def test_postprocessing_reapplies_without_the_network(sample_viewer, qtbot, tiny
     assert np.count_nonzero(sample_viewer.layers["nuclei [tiny v1] (2)"].data) > 0
 
 
-def test_predict_stack_and_lazy_image(viewer, qtbot, tiny_model, nuclei_sample, dock):
+def test_predict_stack_and_lazy_image(viewer, qtbot, tiny_model, nuclei_sample, dock, tmp_path):
     image, _ = nuclei_sample
     stack = np.stack([image[:128, :128], image[128:, 128:], image[:128, 128:]])
     viewer.add_image(stack, name="stack")
@@ -93,8 +93,9 @@ def test_predict_stack_and_lazy_image(viewer, qtbot, tiny_model, nuclei_sample, 
     assert viewer.layers["stack [tiny v1]"].data.shape == (3, 128, 128)
     widget.image_picker.set_layer(viewer.layers["lazy"])
     _predict(widget, qtbot)
-    lazy = viewer.layers["lazy [tiny v1]"].data
-    assert isinstance(lazy, np.ndarray) and lazy.shape == (256, 256) and lazy.any()
+    lazy = viewer.layers["lazy [tiny v1]"].data  # written to an OME-Zarr store by the worker, read lazily
+    assert not isinstance(lazy, np.ndarray) and lazy.shape == (256, 256) and np.asarray(lazy).any()
+    assert str(tmp_path / "predictions") in viewer.layers["lazy [tiny v1]"].metadata["napari_unet"]["store"]
 
 
 def test_stop_prediction(viewer, qtbot, tiny_model, nuclei_sample, dock):
