@@ -52,7 +52,7 @@ ensure_venv() {
     fi
   done
   say "installing napari-unet[$extras] into $VENV (first time: a few minutes, about 2.5 GB)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=77" wheel  # the wheel test builds without isolation
   "$VENV/bin/python" -m pip install -q -e "$ROOT[$extras]"
   # An environment made before the move to PyQt6 still holds PyQt5, which napari would warn about.
   if "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('PyQt5') is None)" 2>/dev/null; then

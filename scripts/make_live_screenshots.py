@@ -76,6 +76,9 @@ class LiveGuide(Guide):
         before = annotator.painted.copy()
         annotator.next(pred)
         new = (annotator.painted != before) & (annotator.painted > 0)
+        if not new.any():  # the line lay on pixels painted before
+            self.settle(max(0.1, PACE_S - (time.monotonic() - start)))
+            return
         live.choose_brush(background=bool(annotator.painted[new].max() != 1))
         strokes.brush_size = 1
         for r, c in np.argwhere(new):

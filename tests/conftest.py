@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import napari_unet  # noqa: F401,E402  (sets KERAS_BACKEND before any test imports bioimageio.core)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

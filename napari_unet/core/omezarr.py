@@ -221,6 +221,10 @@ def plan_labels(
             if not written_by_us(target.path):
                 raise OutputError(f"{target.path} exists and napari-unet did not write it; it is never replaced.")
         targets.append(target)
+    paths = [_resolved(t.path) for t in targets]
+    if len(set(paths)) != len(paths):
+        dupes = sorted({str(t.source) for t, q in zip(targets, paths) if paths.count(q) > 1})
+        raise OutputError(f"The same image is named more than once: {', '.join(dupes[:5])}.")
     return targets
 
 

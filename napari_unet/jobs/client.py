@@ -311,9 +311,6 @@ class ComputeClient:
         env = dict(os.environ)
         env.update({AUTHKEY_ENV: key.hex(), IDLE_ENV: str(self.idle_s), "PYTHONUNBUFFERED": "1"})
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        # The worker runs Keras on TensorFlow; an inherited other backend (bioimageio.core's keras
-        # adapter sets KERAS_BACKEND when it is imported, default "torch") would break every job.
-        env["KERAS_BACKEND"] = "tensorflow"
         if self.device is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.device  # for the worker only
         self.starts += 1

@@ -105,8 +105,9 @@ class _Loop:
                     continue  # a stroke the worker cannot read is dropped, the session goes on
                 self.stroke_seq = max(self.stroke_seq, message.seq)
                 self.stroke_step = self.trainer.stats.steps
-            elif isinstance(message, LiveView):
-                self.view, self.frame_due = message.view, True
+            elif isinstance(message, LiveView):  # show the new view at once, if there is a model to show
+                self.view = message.view
+                self.frame_due = self.trainer.ready or self.trainer.parent is not None
             elif isinstance(message, LiveFreeze):
                 freeze = True
         return freeze

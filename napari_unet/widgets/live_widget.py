@@ -1,8 +1,9 @@
 """Live dock widget: paint strokes, and a U-Net trains while you paint; its prediction follows the brush.
 
 The compute worker trains continuously (`jobs/live.py`). This widget only sends what changed: the
-bounding box of each stroke (from the labels layer's `labels_update` events, gathered for
-`STROKE_DELAY_MS`) and the field of view after a pan, zoom or plane change. Frames come back as
+bounding box of each stroke (from the labels layer's `paint` events, one per finished brush
+stroke, fill or polygon, whose history atoms say where; gathered for `STROKE_DELAY_MS`; undo and
+redo are not paint events and are not sent) and the field of view after a pan, zoom or plane change. Frames come back as
 small arrays for the visible region, shown in a "live" labels layer placed on the image there.
 Nothing heavy runs on the GUI thread and TensorFlow never enters this process.
 """
@@ -39,6 +40,8 @@ from .models_registry import ModelEntry, ModelRegistry
 STROKE_DELAY_MS = 250
 #: The field of view is sent this long after the camera or the plane stopped moving.
 VIEW_DELAY_MS = 150
+#: Strokes layers up to this size are scanned for the next free object label (a few ms).
+SCAN_MAX_PIXELS = 4_000_000
 NEW_BINARY, NEW_INSTANCES, STARTER = "New model: objects vs background", "New model: instances", "Starter model (nuclei)"
 
 
@@ -162,12 +165,12 @@ class LiveWidget(JobWidget):
         bg = self.background.value()
         if background:
             layer.selected_label = bg
+        elif self._task() == "instances":  # a new label for every object
+            data = np.asarray(layer.data) if layer.data.size <= SCAN_MAX_PIXELS else np.zeros(1, np.int64)
+            highest = int(np.max(np.where(data == bg, 0, data), initial=0))
+            layer.selected_label = highest + 1 + (highest + 1 == bg)
         else:
-            values = np.unique(np.asarray(layer.data)) if layer.data.size <= 16_000_000 else np.zeros(1)
-            objects = [int(v) for v in values if v not in (0, bg)]
-            layer.selected_label = (max(objects) + 1 if objects else 1) if self._task() == "instances" else 1
-            if layer.selected_label == bg:
-                layer.selected_label += 1
+            layer.selected_label = 1 if bg != 1 else 2
         self.viewer.layers.selection.active = layer
         layer.mode = "paint"
 
@@ -256,29 +259,31 @@ class LiveWidget(JobWidget):
     # ------------------------------------------------------------------ strokes and view -> worker
     def _watch(self, labels: Labels | None) -> None:
         if self._watched is not None:
-            self._watched.events.labels_update.disconnect(self._on_labels_update)
+            self._watched.events.paint.disconnect(self._on_paint)
         self._watched = labels
         if labels is not None:
-            labels.events.labels_update.connect(self._on_labels_update)
+            labels.events.paint.connect(self._on_paint)
         if not self._camera_connected:
             self.viewer.camera.events.center.connect(self._on_camera)
             self.viewer.camera.events.zoom.connect(self._on_camera)
             self.viewer.dims.events.current_step.connect(self._on_camera)
             self._camera_connected = True
 
-    def _on_labels_update(self, event: Any) -> None:
-        """Grow the painted box of each plane (a drag sends many small updates: they are merged)."""
-        if not self.job.running or event.offset is None or event.data is None:
+    def _on_paint(self, event: Any) -> None:
+        """Grow the painted box of each plane from a finished stroke (napari's paint event: its history atoms)."""
+        if not self.job.running:
             return
-        offset, shape = [int(o) for o in event.offset], event.data.shape
-        planes = range(offset[0], offset[0] + shape[0]) if len(offset) == 3 else [0]
-        top, left = offset[-2], offset[-1]
-        bottom, right = top + shape[-2], left + shape[-1]
-        for plane in planes:
-            box = self._dirty.get(plane)
-            self._dirty[plane] = [top, left, bottom, right] if box is None else [
-                min(box[0], top), min(box[1], left), max(box[2], bottom), max(box[3], right)]  # fmt: skip
-        if not self._stroke_timer.isActive():
+        ndim = self._watched.ndim if self._watched is not None else 2
+        for atom in event.value or []:
+            box = _atom_box(atom[0], ndim)
+            if box is None:
+                continue
+            planes, (top, bottom), (left, right) = (range(*box[0]) if ndim == 3 else [0]), box[-2], box[-1]
+            for plane in planes:
+                old = self._dirty.get(plane)
+                self._dirty[plane] = [top, left, bottom, right] if old is None else [
+                    min(old[0], top), min(old[1], left), max(old[2], bottom), max(old[3], right)]  # fmt: skip
+        if self._dirty and not self._stroke_timer.isActive():
             self._stroke_timer.start(STROKE_DELAY_MS)
 
     def flush_strokes(self) -> None:
@@ -395,3 +400,18 @@ class LiveWidget(JobWidget):
             self._camera_connected = False
         super().shutdown()
 
+
+def _atom_box(key: Any, ndim: int) -> list[tuple[int, int]] | None:
+    """(start, stop) per axis of a paint history atom's key: slices, index arrays or ints."""
+    if not isinstance(key, tuple) or len(key) != ndim:
+        return None
+    box = []
+    for part in key:
+        if isinstance(part, slice):
+            box.append((int(part.start or 0), int(part.stop)))
+        else:
+            values = np.asarray(part)
+            if values.size == 0:
+                return None
+            box.append((int(values.min()), int(values.max()) + 1))
+    return box

@@ -171,7 +171,7 @@ def test_foreign_keras_package_predicts_like_keras(foreign_binary, image):
     assert np.array_equal(pred.labels, (expected[..., 0] > 0.4).astype(pred.labels.dtype))
 
 
-def test_other_processing_matches_bioimageio_core(tmp_path, image, monkeypatch):
+def test_other_processing_matches_bioimageio_core(tmp_path, image):
     """zero_mean_unit_variance per channel, clip, scale_linear and softmax: napari-unet's numpy steps give
     bioimageio.core's own prediction pipeline's output (2 channels in, 3 classes out)."""
     from bioimageio.core import predict
@@ -197,8 +197,6 @@ def test_other_processing_matches_bioimageio_core(tmp_path, image, monkeypatch):
     assert bundle.config.data.task == "classes" and bundle.config.data.in_channels == 2
     assert [s["id"] for s in bundle.config.data.preprocessing] == ["zero_mean_unit_variance", "clip", "scale_linear"]
     ours = predict_image(bundle.model, two, bundle.config).probabilities
-    # bioimageio.core's Keras adapter sets KERAS_BACKEND (default "torch") when imported; undone after the test.
-    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     theirs = predict(model=load_description(package), inputs=two[None]).members["out"].data.values[0]
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
     np.testing.assert_allclose(ours.sum(axis=-1), 1.0, atol=1e-5)

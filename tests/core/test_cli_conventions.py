@@ -106,9 +106,10 @@ def test_bad_duration_is_a_usage_error(capsys):
 # ---------------------------------------------------------------- Ctrl-C
 
 
-def _train_until_checkpoint(blobs: Path, models: Path) -> subprocess.Popen:
-    cmd = [EXE, "train", "--images", str(blobs / "images"), "--labels", str(blobs / "labels"), "--name", "c",
-           "--models", str(models), "--config", str(blobs / "endless.json"), *TINY]  # fmt: skip
+def _train_until_checkpoint(blobs: Path, models: Path, command: list[str] | None = None) -> subprocess.Popen:
+    data = ["--images", str(blobs / "images"), "--labels", str(blobs / "labels")]
+    cmd = [EXE, *(command or ["train", "--name", "c", "--models", str(models), "--config", str(blobs / "endless.json"),
+                              *TINY]), *data]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     deadline = time.monotonic() + 240
     while not list((models / "c").glob(f".checkpoint-cli-{proc.pid}/.complete")):
@@ -133,6 +134,14 @@ def test_ctrl_c_publishes_the_best_epoch_and_says_so(blobs, tmp_path):
     assert len(meta["replay"]["patches"]) > 0  # fine-tuning can start from it
     assert not list((tmp_path / "c").glob(".checkpoint-*"))
     assert "Traceback" not in err and "model saved" not in out
+
+    # Fine-tuning: the same, as the next version.
+    proc = _train_until_checkpoint(blobs, tmp_path, ["finetune", "--model", str(version), "--epochs", "100000"])
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert f") as {tmp_path / 'c' / 'v002'}" in err and "Interrupted: saved the best epoch (epoch " in err, err[-3000:]
+    assert json.loads((tmp_path / "c" / "v002" / "metadata.json").read_text())["parent"] == str(version)
 
 
 def test_second_ctrl_c_quits_at_once_without_traceback(blobs, tmp_path):

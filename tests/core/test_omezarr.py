@@ -107,6 +107,8 @@ def test_labels_under_an_output_folder_and_the_policy(model, tmp_path, capsys):
     zarr.open_group(str(foreign / "labels" / "napari-unet"), mode="w", zarr_format=2)
     with pytest.raises(OutputError, match="did not write"):
         plan_labels([open_image(foreign)], "napari-unet", overwrite=True)
+    with pytest.raises(OutputError, match="more than once"):
+        plan_labels([open_image(store), open_image(store)], "twice")
 
 
 def test_bad_inputs_get_one_line_errors_before_any_work(model, tmp_path, capsys):

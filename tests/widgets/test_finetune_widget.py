@@ -35,7 +35,7 @@ def test_correct_finetune_compare_and_roll_back(sample_viewer, qtbot, tiny_model
         return arrays.take(session_client().run(predict_request(entry, image, False), 120).labels)
 
     parent_dir = tmp_path / "user-models" / "tiny" / "v001"
-    shutil.copytree(tiny_model, parent_dir)
+    shutil.copytree(tiny_model.parent, parent_dir.parent)  # the model folder: versions and replay/
     parent_files = _digest(parent_dir)
     predict = dock(sample_viewer, "Predict")
     finetune = dock(sample_viewer, "Fine-tune")

@@ -74,3 +74,22 @@ def test_predict_widget_writes_an_ome_zarr_layer_into_its_store(viewer, qtbot, t
     second = Path(viewer.layers[-1].metadata["napari_unet"]["store"])
     assert second != written and written.is_dir() and second.is_dir()
     assert np.array_equal(np.asarray(open_labels(second)[0]), values)
+
+
+def test_stopping_a_store_prediction_leaves_nothing_behind(viewer, qtbot, tiny_model, nuclei_sample, dock, tmp_path):
+    import dask.array as da
+
+    image, _ = nuclei_sample
+    big = da.tile(da.from_array(image, chunks=(256, 256)), (32, 32))  # 8192 x 8192, lazy
+    viewer.add_image(big, name="big")
+    widget = dock(viewer, "Predict")
+    assert widget.load_model(tiny_model)
+    qtbot.waitUntil(lambda: widget.entry is not None, timeout=120_000)
+    widget.image_picker.set_layer(viewer.layers["big"])
+    assert widget.start_prediction()
+    qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=180_000)
+    widget.stop_button.click()
+    qtbot.waitUntil(lambda: not widget.job.running, timeout=5_000)
+    assert widget.status == "stopped" and len(viewer.layers) == 1
+    predictions = tmp_path / "predictions"
+    assert not predictions.exists() or not any(predictions.iterdir()), list(predictions.iterdir())
