@@ -25,6 +25,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from make_screenshots import MODELS, SHARED_DATA, Guide  # noqa: E402
 
+from napari_unet.widgets.live_widget import viewer_camera  # noqa: E402
+
 IMAGE = "dsb2018_s1test_38_7bdb668e"
 PACE_S = 2.0
 
@@ -54,8 +56,9 @@ class LiveGuide(Guide):
         self.shoot("live-1-first-strokes")
         for _ in range(14):
             self.stroke(live, strokes, annotator)
-        self.viewer.camera.zoom *= 2.5
-        self.viewer.camera.center = (0, image.shape[0] * 0.35, image.shape[1] * 0.6)
+        camera = viewer_camera(self.viewer)
+        camera.zoom *= 2.5
+        camera.center = (0, image.shape[0] * 0.35, image.shape[1] * 0.6)
         for _ in range(3):
             self.stroke(live, strokes, annotator)
         self.wait(lambda: live.learnt == live.sent, 60, "a frame of the zoomed view")

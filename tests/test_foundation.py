@@ -68,7 +68,7 @@ def test_readme_command_one_opens_napari(tmp_path):
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
-    assert "widgets Train, Predict, Fine-tune, Review docked" in out
+    assert "widgets Train, Predict, Fine-tune, Review, Live docked" in out
     assert "window shown" in out
     import imageio.v3 as iio
 

@@ -3,7 +3,8 @@
 One loop on the worker's main thread: apply the messages the viewer sent (strokes, a new field
 of view, Freeze), train one batch, and now and then predict the field of view and send it back
 as a `LiveFrame`. A frame follows a stroke once the model has trained on it for
-`STEPS_AFTER_STROKE` batches, and comes at least every `refresh_s` otherwise. Stop is checked
+`STEPS_AFTER_STROKE` batches; otherwise one comes every `refresh_s`, or less often when predicting
+would take more than a quarter of the time (`PREDICT_SHARE`). Stop is checked
 between batches (tens of milliseconds), so a live job ends well within the 2 s Stop promise.
 """
 

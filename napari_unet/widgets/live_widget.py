@@ -264,8 +264,8 @@ class LiveWidget(JobWidget):
         if labels is not None:
             labels.events.paint.connect(self._on_paint)
         if not self._camera_connected:
-            self.viewer.camera.events.center.connect(self._on_camera)
-            self.viewer.camera.events.zoom.connect(self._on_camera)
+            viewer_camera(self.viewer).events.center.connect(self._on_camera)
+            viewer_camera(self.viewer).events.zoom.connect(self._on_camera)
             self.viewer.dims.events.current_step.connect(self._on_camera)
             self._camera_connected = True
 
@@ -309,14 +309,34 @@ class LiveWidget(JobWidget):
         if image is None:
             return None
         shape = layer_array(image).spatial_shape
-        corners = np.asarray(image.corner_pixels, dtype=float)[:, -2:]
-        if not np.any(corners[1] > corners[0]):  # not drawn yet: the whole plane
+        corners = self._visible_corners(image)
+        if corners is None or not np.all(corners[1] > corners[0]):  # unknown: the whole plane
             corners = np.array([[0.0, 0.0], [shape[-2], shape[-1]]])
         plane = 0
         if len(shape) == 3:
             point = image.world_to_data(self.viewer.dims.point)
             plane = int(np.clip(round(float(point[-3])), 0, shape[0] - 1))
         return LiveViewport(plane, float(corners[0][0]), float(corners[0][1]), float(corners[1][0]) + 1, float(corners[1][1]) + 1)
+
+    def _visible_corners(self, image: Image) -> np.ndarray | None:
+        """Top-left and bottom-right of the canvas in the image's pixels, from the camera (2D view).
+
+        Computed from the camera's centre and zoom and the canvas size, so it is right before the
+        canvas has drawn the new view (the layers' `corner_pixels` are updated only by drawing).
+        """
+        canvas = getattr(getattr(self.viewer, "canvas", None), "size", None) or getattr(self.viewer, "_canvas_size", None)
+        camera = viewer_camera(self.viewer)
+        if canvas is None or self.viewer.dims.ndisplay != 2 or camera.zoom <= 0:
+            return None
+        centre = np.asarray(camera.center, dtype=float)[-2:]
+        half = np.asarray(canvas, dtype=float)[-2:] / camera.zoom / 2
+        point = np.asarray(self.viewer.dims.point, dtype=float).copy()
+        corners = []
+        for world in (centre - half, centre + half):
+            point[-2:] = world
+            corners.append(np.asarray(image.world_to_data(point), dtype=float)[-2:])
+        low, high = np.minimum(*corners), np.maximum(*corners)  # a flipped scale swaps them
+        return np.array([low, high])
 
     def send_view(self) -> None:
         view = self.viewport()
@@ -394,7 +414,7 @@ class LiveWidget(JobWidget):
     def shutdown(self) -> None:
         self._watch(None)
         if self._camera_connected:
-            for emitter in (self.viewer.camera.events.center, self.viewer.camera.events.zoom,
+            for emitter in (viewer_camera(self.viewer).events.center, viewer_camera(self.viewer).events.zoom,
                             self.viewer.dims.events.current_step):  # fmt: skip
                 emitter.disconnect(self._on_camera)
             self._camera_connected = False
@@ -415,3 +435,9 @@ def _atom_box(key: Any, ndim: int) -> list[tuple[int, int]] | None:
                 return None
             box.append((int(values.min()), int(values.max()) + 1))
     return box
+
+
+def viewer_camera(viewer: Any) -> Any:
+    """The viewer's camera (`viewer.scene.camera` from napari 0.9; `viewer.camera` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera

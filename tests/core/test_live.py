@@ -59,21 +59,8 @@ def nuclei(nuclei_pairs):
     return image, labels
 
 
-def _paint_from_truth(trainer, gt: np.ndarray, n: int = 6) -> None:
-    """Short lines inside objects and in the background, as the benchmark's annotator paints."""
-    from scipy import ndimage as ndi
-
-    ids = np.unique(gt[gt > 0])[:n]
-    for (r, c) in ndi.center_of_mass(gt > 0, gt, ids):
-        r, c = int(r), int(c)
-        patch = np.where(gt[r - 1 : r + 2, c - 3 : c + 4] > 0, 1, 0).astype(np.int32)
-        trainer.paint(0, r - 1, c - 3, patch)
-    far = np.argwhere(ndi.distance_transform_edt(gt == 0) > 6)
-    for r, c in far[np.linspace(0, len(far) - 1, n).astype(int)]:
-        trainer.paint(0, int(r), max(int(c) - 3, 0), np.full((1, 6), BG, np.int32)[:, : gt.shape[1] - max(int(c) - 3, 0)])
-
-
 def test_trainer_learns_from_strokes_and_freezes(nuclei, tmp_path):
+    from benchmarks.live_annotator import Annotator
     from napari_unet.core.bundle import load_bundle, save_bundle
     from napari_unet.core.live import LiveTrainer
     from napari_unet.core.live_defaults import live_config
@@ -86,11 +73,16 @@ def test_trainer_learns_from_strokes_and_freezes(nuclei, tmp_path):
     trainer.warm_up(View(0, 0, 0, *gt.shape))
     assert all(np.array_equal(a, b) for a, b in zip(weights, trainer.model.get_weights()))  # warm-up learns nothing
     assert trainer.step() is None  # nothing painted yet
-    _paint_from_truth(trainer, gt)
-    x, y = trainer.batch()
-    assert x.shape == (4, 96, 96, 1) and np.all((y >= 0).sum(axis=(1, 2, 3)) > 0)  # every patch holds strokes
-    for _ in range(150):
-        trainer.step()
+    annotator = Annotator(gt)  # the live benchmark's: strokes aimed at the current mistakes
+    pred = None
+    for stroke in range(12):
+        trainer.paint(0, *annotator.next(pred))
+        if stroke == 1:
+            x, y = trainer.batch()
+            assert x.shape == (4, 96, 96, 1) and np.all((y >= 0).sum(axis=(1, 2, 3)) > 0)  # patches hold strokes
+        for _ in range(25):
+            trainer.step()
+        pred = trainer.predict(View(0, 0, 0, *gt.shape))[1] > 0
     view, pred, probs = trainer.predict(View(0, 0, 0, *gt.shape))
     assert pred.shape == gt.shape and probs.shape == gt.shape + (1,)
     assert dice_score(pred > 0, gt > 0) > 0.6

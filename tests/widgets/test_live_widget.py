@@ -60,6 +60,17 @@ def test_paint_live_freeze_predict(sample_viewer, dock, qtbot, nuclei_sample, me
     assert not viewer.layers["nuclei labels"].data.size == 0  # the user's layers are untouched
     np.testing.assert_array_equal(viewer.layers["nuclei labels"].data, gt)
 
+    # Zoomed in, the next frames cover the field of view only (plus nothing outside it): cost follows the screen.
+    from napari_unet.widgets.live_widget import viewer_camera
+
+    camera = viewer_camera(viewer)
+    camera.center = (0, 64, 64)
+    camera.zoom *= 4
+    view = live.viewport()
+    assert view.bottom - view.top < gt.shape[0], (view, camera.zoom, camera.center)
+    qtbot.waitUntil(lambda: live.live_layer.data.shape[0] < gt.shape[0], timeout=30_000)
+    assert live.live_layer.translate[0] >= view.top - 1
+
     live.freeze()
     qtbot.waitUntil(lambda: not live.running, timeout=60_000)
     outcome = live.last_outcome
