@@ -11,81 +11,45 @@ package goes to a temporary folder.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
-import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-PLUGIN = "napari-unet"
-WINDOW = (1500, 1000)
-DOCK_WIDTH = 470
-MAX_BYTES = 300_000
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_screenshots import DOCK_WIDTH, PLUGIN, ROOT, WINDOW, Guide  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="napari-unet-share-") as tmp:
-        Shots(args.out, Path(tmp)).run()
+        shots = ExportGuide(args.out, quick=False)
+        shots.tmp = Path(tmp)
+        shots.run()
     assert "tensorflow" not in sys.modules, "TensorFlow entered the viewer's process"
     return 0
 
 
-class Shots:
-    def __init__(self, out: Path, tmp: Path) -> None:
-        import napari
-        from qtpy.QtWidgets import QApplication
+class ExportGuide(Guide):
+    PREFIX = "share"
 
-        self.out, self.tmp = out, tmp
-        self.viewer = napari.Viewer(title="napari-unet")
-        self.app = QApplication.instance()
-        self.viewer.window.resize(*WINDOW)
-        self.viewer.window._qt_window.move(0, 0)
-
-    def settle(self, seconds: float = 0.5) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.app.processEvents()
-            time.sleep(0.01)
-
-    def wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        end = time.monotonic() + timeout
-        while not done():
-            if time.monotonic() > end:
-                raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
-            self.app.processEvents()
-            time.sleep(0.02)
-        self.settle(0.3)
-
-    def shoot(self, name: str) -> Path:
-        """The screen (napari's window with the dialog over it), as a PNG under MAX_BYTES."""
+    def capture(self):
+        """The screen: napari's window with the export dialog over it (napari's screenshot has no dialog)."""
         from PIL import Image
 
-        self.settle(1.0)
         pixmap = self.app.primaryScreen().grabWindow(0, 0, 0, *WINDOW)
         qimage = pixmap.toImage().convertToFormat(pixmap.toImage().Format.Format_RGB888)
         ptr = qimage.constBits()
         ptr.setsize(qimage.sizeInBytes())
         rows = np.frombuffer(ptr, np.uint8).reshape(qimage.height(), qimage.bytesPerLine())
-        image = Image.fromarray(rows[:, : qimage.width() * 3].reshape(qimage.height(), qimage.width(), 3).copy())
-        path = self.out / f"share-{name}.png"
-        width = image.width
-        while True:
-            shown = image if width == image.width else image.resize((width, round(image.height * width / image.width)))
-            shown.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
-            if path.stat().st_size <= MAX_BYTES or width < 900:
-                break
-            width = int(width * 0.9)
-        print(f"saved {path} ({shown.width}x{shown.height}, {path.stat().st_size // 1024} KB)", flush=True)
-        return path
+        return Image.fromarray(rows[:, : qimage.width() * 3].reshape(qimage.height(), qimage.width(), 3).copy())
 
     def run(self) -> None:
         from qtpy.QtCore import Qt

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 class Guide:
     """One napari window; each step sets the scene, waits for the widgets, then captures."""
 
+    PREFIX = "guide"  # file names: docs/images/<PREFIX>-<name>.png
+
     def __init__(self, out: Path, quick: bool) -> None:
         import napari
         from qtpy.QtWidgets import QApplication
@@ -101,14 +103,20 @@ class Guide:
         self.docks[name].raise_()
         self.settle(0.5)
 
+    def capture(self):
+        """The whole window (canvas and docks) as a PIL image."""
+        from PIL import Image
+
+        rgba = self.viewer.screenshot(canvas_only=False, flash=False)
+        return Image.fromarray(np.asarray(rgba)[..., :3])
+
     def shoot(self, name: str) -> Path:
-        """Capture the whole window and save it as a PNG under MAX_BYTES (palette, then smaller)."""
+        """Capture and save `<PREFIX>-<name>.png` under MAX_BYTES (palette, then smaller)."""
         from PIL import Image
 
         self.settle(1.0)
-        rgba = self.viewer.screenshot(canvas_only=False, flash=False)
-        image = Image.fromarray(np.asarray(rgba)[..., :3])
-        path = self.out / f"guide-{name}.png"
+        image = self.capture()
+        path = self.out / f"{self.PREFIX}-{name}.png"
         width = image.width
         while True:
             shown = image if width == image.width else image.resize(

@@ -13,19 +13,12 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-pytest.importorskip("bioimageio.core")
 
+from bioimageio_helpers import TASKS, TINY  # noqa: E402  (tests/core is on sys.path)
 from napari_unet.core import bioimageio_export as bx  # noqa: E402
 from napari_unet.core.config import Config  # noqa: E402
 from napari_unet.core.errors import BundleError, InputError, OutputError  # noqa: E402
 
-TASKS = ("binary", "classes", "instances")
-TINY = {
-    "model": {"depth": 2, "base_filters": 4},
-    "data": {"patch_size": 64, "val_fraction": 0.34, "n_classes": 3},
-    "train": {"batch_size": 4, "steps_per_epoch": 5, "epochs": 1, "early_stopping_min_s": 0},
-    "predict": {"tile_size": 128, "overlap": 32},
-}
 #: Warnings bioimageio.spec may give on our packages, and why they are accepted:
 #: bioimage.io wants a maintainer with a GitHub user name, which the export cannot know (the dialog and
 #: the CLI take names, and checking a GitHub name needs the network).

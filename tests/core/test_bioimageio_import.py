@@ -14,19 +14,12 @@ import pytest
 import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-pytest.importorskip("bioimageio.spec")
 
+from bioimageio_helpers import TASKS, TINY  # noqa: E402  (tests/core is on sys.path)
 from napari_unet.core import bioimageio_import as bi  # noqa: E402
 from napari_unet.core.config import Config  # noqa: E402
 from napari_unet.core.errors import BundleError  # noqa: E402
 
-TASKS = ("binary", "classes", "instances")
-TINY = {
-    "model": {"depth": 2, "base_filters": 4},
-    "data": {"patch_size": 64, "val_fraction": 0.34, "n_classes": 3},
-    "train": {"batch_size": 4, "steps_per_epoch": 5, "epochs": 1, "early_stopping_min_s": 0},
-    "predict": {"tile_size": 128, "overlap": 32},
-}
 
 
 # ---------------------------------------------------------------- packages another tool writes

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
 from napari_unet.core import bundle as bmod  # noqa: E402
@@ -250,7 +250,7 @@ def test_no_pickle_anywhere(bundle, tmp_path, monkeypatch):
 )
 def test_project_models_pass_the_safety_check(model_opts, data_opts, policy, tmp_path):
     """Every network model.py builds must load through the allow-list (skipped without model.py)."""
-    model_mod = pytest.importorskip("napari_unet.core.model")
+    from napari_unet.core import model as model_mod
     cfg = Config().replace(model=model_opts, data={"patch_size": 64, **data_opts})
     keras.mixed_precision.set_global_policy(policy)
     try:

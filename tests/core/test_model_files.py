@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402
 
 from napari_unet.core import replay  # noqa: E402
 from napari_unet.core.bundle import (  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402
 
 from napari_unet.core import model as model_mod  # noqa: E402
 from napari_unet.core import predict as predict_mod  # noqa: E402
