@@ -31,6 +31,7 @@ import numpy as np
 
 from .errors import InputError, OutputError
 from .outputs import SOFTWARE, TEMP_PREFIX, check_writable_folder, input_folders, output_stems
+from .paths import pid_alive
 
 #: Attribute that marks a zarr group napari-unet wrote (``overwrite`` only replaces such groups).
 MARKER = "napari-unet"
@@ -382,18 +383,8 @@ def remove_stale(root: Path) -> None:
     for folder in leftovers(root):
         owner = _read_attrs(folder).get(MARKER, {})
         pid = owner.get("pid") if isinstance(owner, dict) else None
-        if isinstance(pid, int) and owner.get("host") == _host() and not _alive(pid):
+        if isinstance(pid, int) and owner.get("host") == _host() and not pid_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _host() -> str:
