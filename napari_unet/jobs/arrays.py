@@ -72,9 +72,15 @@ def view(ref: ArrayRef) -> np.ndarray:
 
 
 def take(ref: ArrayRef) -> np.ndarray:
-    """The array as an ordinary in-memory copy; its file is deleted."""
+    """The array, now the caller's: a private copy-on-write map of its file, which is deleted.
+
+    Nothing is copied up front (copying a 4096x4096 prediction stalled napari's event loop for
+    70-200 ms): pages are read when used, writes stay private, and Linux keeps the mapped data
+    after the file is gone. Windows cannot delete a mapped file, so there it is a plain copy.
+    """
     try:
-        return np.array(view(ref))
+        array = np.load(ref.path, mmap_mode="c", allow_pickle=False)
+        return np.array(array) if os.name == "nt" else array
     finally:
         release(ref)
 
