@@ -46,14 +46,6 @@ UPDATE_INTERVAL_S = 0.1
 PREVIEW_MAX = 1024
 
 
-def handle(request: Request, emit: Emit, stop: threading.Event) -> tuple[JobState, Any]:
-    """Run one request; returns (done or stopped, its outcome)."""
-    for kind, handler in _HANDLERS.items():
-        if isinstance(request, kind):
-            return handler(request, emit, stop)
-    raise TypeError(f"The compute worker cannot run {type(request).__name__}.")
-
-
 def stopped_before_start(request: Request) -> tuple[JobState, Any]:
     if isinstance(request, (TrainRequest, FinetuneRequest, ReviewFinetuneRequest)):
         return JobState.STOPPED, TrainOutcome(JobState.STOPPED, "Stopped before training started.", None)
@@ -268,28 +260,3 @@ def _review_finetune(request: ReviewFinetuneRequest, emit: Emit, stop: threading
         return core_train.finetune(parent, pairs, updates, stop, epochs=request.epochs, on_best=on_best)
 
     return _fit_and_save(run, root, name, request.job, stop)
-
-
-_HANDLERS: dict[type, Callable[[Any, Emit, threading.Event], tuple[JobState, Any]]] = {
-    TrainRequest: _train,
-    FinetuneRequest: _finetune,
-    PredictRequest: _predict,
-    InspectRequest: _inspect,
-    ReviewPredictRequest: _review_predict,
-    ReviewFinetuneRequest: _review_finetune,
-}
-
-from .live import run_live  # noqa: E402  (jobs/live.py uses this module's helpers)
-from .live_messages import LiveRequest  # noqa: E402
-
-_HANDLERS[LiveRequest] = run_live
-
-from .store_messages import PredictStoreRequest  # noqa: E402
-from .store_predict import run_store_predict  # noqa: E402  (jobs/store_predict.py uses this module's helpers)
-
-_HANDLERS[PredictStoreRequest] = run_store_predict
-
-from .export import run_export  # noqa: E402  (jobs/export.py uses this module's helpers)
-from .export_messages import ExportRequest  # noqa: E402
-
-_HANDLERS[ExportRequest] = run_export

@@ -23,6 +23,7 @@ from napari_unet.core.errors import InputError
 from napari_unet.core.states import JobState
 
 from . import arrays
+from .handlers import _started, load_model
 from .live_messages import LiveFrame, LiveFreeze, LiveOutcome, LiveRequest, LiveStroke, LiveView, LiveViewport
 from .messages import Progress
 from .models import model_info
@@ -41,7 +42,6 @@ def run_live(request: LiveRequest, emit: Any, stop: threading.Event) -> tuple[Jo
     from napari_unet.core.live import LiveTrainer, as_planes, from_parent
     from napari_unet.core.strokes import View
 
-    from .handlers import _started, load_model
 
     _started(request.job, emit)
     messages: queue.Queue = getattr(stop, "messages", None) or queue.Queue()

@@ -11,6 +11,7 @@ from napari_unet.core.states import JobState
 
 from . import arrays
 from .messages import Progress
+from .handlers import _started, bundle_info, load_model
 from .store_messages import PredictStoreOutcome, PredictStoreRequest
 
 #: Chunks of at most this side in the viewer's jobs: progress moves and Stop is seen between chunks.
@@ -23,7 +24,6 @@ def run_store_predict(request: PredictStoreRequest, emit: Any, stop: threading.E
     from napari_unet.core.predict import PredictionStopped
     from napari_unet.core.tiling import chunk_size
 
-    from .handlers import _started, bundle_info, load_model
 
     start = time.monotonic()
     _started(request.job, emit)

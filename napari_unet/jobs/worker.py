@@ -72,14 +72,15 @@ class Worker:
             self.run(request)
 
     def run(self, request: Request) -> None:
-        from . import handlers
+        from .dispatch import handle
+        from .handlers import stopped_before_start
 
         stop = self.stops[request.job]
         try:
             if stop.is_set():
-                state, result = handlers.stopped_before_start(request)
+                state, result = stopped_before_start(request)
             else:
-                state, result = handlers.handle(request, self.send, stop)
+                state, result = handle(request, self.send, stop)
             self.send(Finished(request.job, state, result))
         except NapariUNetError as exc:
             self.send(Failed(request.job, str(exc), traceback.format_exc(), expected=True))
