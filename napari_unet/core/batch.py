@@ -109,9 +109,15 @@ class Run:
         self.started = time.time()
 
     def execute(self, client: Any, images: list[OmeImage], targets: list, file_plans: list, args: Any,
-                chunk: int | None = None) -> list[Path]:  # fmt: skip
+                chunk: int | None = None, progress: Any = None, stop: Any = None) -> list[Path]:  # fmt: skip
+        """Run every task and publish each image when complete; returns what was written.
+
+        `progress(done, total)` follows the tasks (as the CLI's bar does); when `stop` is set the
+        run ends with `PredictionStopped` and nothing of it remains.
+        """
         from tqdm import tqdm
 
+        from . import chunkobjects as co
         from . import cluster as cl
         from .largeimage import prepare
         from .tiling import chunk_size, window_cost
@@ -120,7 +126,11 @@ class Run:
             print(f"dask dashboard: {cl.dashboard(client)}", file=sys.stderr)
         budget = cl.worker_budget(client) if client is not None else None
         chunk = chunk or chunk_size(self.cfg, budget)
-        staged, calls, written = {}, [], []
+        objects = co.needs_objects(self.cfg)
+        staged: dict[int, Any] = {}  # image -> StagedLabels to publish (or discard on failure)
+        merging: dict[int, Any] = {}  # image -> ObjectMerger while its chunks are segmented
+        raw: dict[int, Any] = {}  # image -> ObjectsJob whose temporary ids are removed at the end
+        calls, written = [], []
         out_dirs = {Path(p.path).parent for p in file_plans}
         try:
             for i, plan in enumerate(file_plans):
@@ -130,46 +140,83 @@ class Run:
             remaining: dict[int, int] = {}
             for i, (image, target) in enumerate(zip(images, targets)):
                 info = {"model": self.model_path, "source": str(image.path), "chunk": chunk}
-                chunk_job = prepare(image_yxc(image), self.cfg, target, chunk, info)
-                staged[i] = chunk_job.staged
-                cells = [(iy, ix) for iy, ix in _grid(target.yx_shape, chunk)]
+                cells = _grid(target.yx_shape, chunk)
                 remaining[i] = len(cells)
+                if objects:
+                    raw[i] = job = co.prepare_objects(image_yxc(image), self.cfg, target, chunk, info)
+                    merging[i] = co.ObjectMerger(job)
+                    task, step = cl.objects_task, "objects"
+                else:
+                    job = prepare(image_yxc(image), self.cfg, target, chunk, info)
+                    staged[i] = job.staged
+                    task, step = cl.chunk_task, "chunk"
                 for iy, ix in cells:
-                    key = f"napari-unet-chunk-{self.token}-{i}-{iy}-{ix}"
-                    calls.append((key, cl.chunk_task, (self.model_path, self.overrides, str(image.path), chunk_job, iy, ix)))
-            if staged:
-                print(f"chunks of {chunk} px (+{chunk_job.context} px context: cost {window_cost(chunk, self.cfg):.2f}x "
-                      "of the kept pixels)", file=sys.stderr)  # fmt: skip
+                    key = f"napari-unet-{step}-{self.token}-{i}-{iy}-{ix}"
+                    calls.append((key, task, (self.model_path, self.overrides, str(image.path), job, iy, ix)))
+            if images:
+                margin = f" +{co.MARGIN} px for whole objects" if objects else ""
+                print(f"chunks of {chunk} px (+{job.context} px context: cost {window_cost(chunk, self.cfg):.2f}x "
+                      f"of the kept pixels{margin})", file=sys.stderr)  # fmt: skip
             bar = tqdm(total=len(calls), unit="task", desc="predicting", file=sys.stderr)
 
-            def done(key: str, result: Any) -> None:
+            def done(key: str, result: Any) -> list | None:
                 bar.update(1)
-                if "-chunk-" in key:
-                    i = int(key.split("-")[-3])
-                    remaining[i] -= 1
-                    if remaining[i] == 0:
-                        written.append(staged.pop(i).publish(overwrite=args.overwrite))
-                else:
+                if progress is not None:
+                    progress(bar.n, bar.total)
+                if "-file-" in key:
                     written.append(Path(result))
+                    return None
+                i, iy, ix = (int(part) for part in key.split("-")[-3:])
+                remaining[i] -= 1
+                if "-objects-" in key:
+                    merging[i].add(iy, ix, result)
+                    return self._relabel_calls(i, raw[i], merging, staged, remaining, bar) if remaining[i] == 0 else None
+                if remaining[i] == 0:
+                    written.append(staged.pop(i).publish(overwrite=args.overwrite))
+                    if i in raw:
+                        raw.pop(i).raw.discard()
+                return None
 
-            if client is not None:
-                cl.run_tasks(client, calls, done)
-            else:
-                self._run_here(calls, done)
+            finished = cl.run_tasks(client, calls, done, stop=stop) if client is not None else self._run_here(calls, done, stop)
             bar.close()
+            if not finished:
+                from .predict import PredictionStopped
+
+                raise PredictionStopped("Prediction stopped.")
             return written
         finally:
             for job in staged.values():
                 job.discard()
+            for job in raw.values():
+                job.raw.discard()
             self.clean(out_dirs)
 
-    def _run_here(self, calls: list, done: Any) -> None:
-        """The tasks in this process, with the bundle already loaded (no second load)."""
+    def _relabel_calls(self, i: int, job: Any, merging: dict, staged: dict, remaining: dict, bar: Any) -> list:
+        """All chunks of image `i` are segmented: match its objects, then relabel every chunk."""
+        from . import chunkobjects as co
+
+        tables, n_objects = merging.pop(i).tables(self.cfg.predict.min_size)
+        staged[i] = co.create_final(job, n_objects, {"model": self.model_path, "objects": n_objects})
+        remaining[i] = len(tables)
+        bar.total += len(tables)
+        bar.refresh()
+        return [(f"napari-unet-relabel-{self.token}-{i}-{iy}-{ix}", co.relabel_chunk, (job, staged[i], iy, ix, table))
+                for (iy, ix), table in tables.items()]  # fmt: skip
+
+    def _run_here(self, calls: list, done: Any, stop: Any = None) -> bool:
+        """The tasks in this process, with the bundle already loaded (no second load); False when stopped."""
+        from collections import deque
+
         from . import cluster as cl
 
         cl._MODELS[str(Path(self.model_path).resolve())] = (cl._stamp(Path(self.model_path).resolve()), self.bundle)
-        for key, fn, call_args in calls:
-            done(key, fn(*call_args))
+        queue = deque(calls)
+        while queue:
+            if stop is not None and stop.is_set():
+                return False
+            key, fn, call_args = queue.popleft()
+            queue.extend(done(key, fn(*call_args)) or ())
+        return True
 
     def clean(self, folders: set[Path]) -> None:
         """Remove this run's temporary files (left by a worker killed mid-write)."""

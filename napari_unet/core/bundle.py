@@ -278,7 +278,9 @@ def _write_folder(
 ) -> dict:
     """Write model, metadata and history into `tmp`; returns the metadata (it lists the replay patches)."""
     model_path = tmp / MODEL_FILE
-    _without_training_state(bundle.model).save(str(model_path))
+    from .model import float32_model
+
+    _without_training_state(float32_model(bundle.model, cfg)).save(str(model_path))
     # Never write a file that load_bundle would refuse (e.g. a Lambda layer).
     _inspect_keras_file(model_path, action="save")
     metadata = _build_metadata(bundle, cfg, name, version, in_ch)

@@ -5,6 +5,8 @@ Tasks carry paths and plain data, never a model: each worker process loads a mod
 opens once. A whole file is one task (written as a label TIFF through a temporary file named after
 the run); a large OME-Zarr image is one task per output chunk (see `largeimage.py`), each written
 with a finished marker into a temporary store that the client publishes when all chunks are done.
+Objects (instances, binary with a minimum size) take two tasks per chunk: segment, then, once the
+client has matched the objects across chunk borders, relabel (see `chunkobjects.py`).
 A lost worker means dask reruns its tasks: a rerun rewrites its chunk or file, and nothing looks
 finished before it is (the client removes the run's temporary files at the end, also on failure).
 
@@ -184,6 +186,14 @@ def chunk_task(model_path: str, overrides: dict[str, Any], source_path: str, job
     return iy, ix
 
 
+def objects_task(model_path: str, overrides: dict[str, Any], source_path: str, job: Any, iy: int, ix: int) -> Any:
+    """Cluster task: segment one chunk of a large image (see `chunkobjects.py`); returns its pixel counts."""
+    from .chunkobjects import segment_chunk
+
+    bundle = worker_model(model_path)
+    return segment_chunk(bundle.model, _source(source_path), _config(bundle, overrides), job, iy, ix)
+
+
 @dataclass(frozen=True)
 class FileJob:
     """One image file to predict whole into one label TIFF (plus probabilities when `prob` is set)."""
@@ -244,20 +254,46 @@ def _published_by_run(path: Path, started: float, ours: Callable[[Path], bool]) 
 # ---------------------------------------------------------------- on the client
 
 
-def run_tasks(client: Any, calls: Sequence[tuple[str, Callable[..., Any], tuple]], on_done: Callable[[str, Any], None],
-              progress: Callable[[int, int], None] | None = None) -> None:  # fmt: skip
+Call = tuple[str, Callable[..., Any], tuple]
+
+
+#: Seconds between looks at the stop flag while tasks run.
+STOP_POLL_S = 0.05
+
+
+def run_tasks(client: Any, calls: Sequence[Call], on_done: Callable[[str, Any], Sequence[Call] | None],
+              progress: Callable[[int, int], None] | None = None, stop: Any = None) -> bool:  # fmt: skip
     """Submit (key, function, args) calls, call `on_done(key, result)` as each finishes; errors propagate.
 
-    Keys are unique per run, so a rerun after a lost worker is the same task, not a second one.
+    Calls that `on_done` returns are submitted too (the next step of an image). Keys are unique per
+    run, so a rerun after a lost worker is the same task, not a second one. Returns False when
+    `stop` was set (the tasks not finished are cancelled), True when all finished.
     """
     from distributed import as_completed
 
-    futures = [client.submit(fn, *args, key=key, pure=False, retries=TASK_RETRIES) for key, fn, args in calls]
+    def submit(call: Call) -> Any:
+        key, fn, args = call
+        return client.submit(fn, *args, key=key, pure=False, retries=TASK_RETRIES)
+
+    futures = [submit(call) for call in calls]
+    pending = as_completed(futures)
+    done = 0
     try:
-        for done, future in enumerate(as_completed(futures), start=1):
-            on_done(future.key, future.result())
+        while not pending.is_empty():
+            if stop is not None and stop.is_set():
+                client.cancel(futures)
+                return False
+            if not pending.has_ready():
+                time.sleep(STOP_POLL_S)
+                continue
+            future = next(pending)
+            done += 1
+            for call in on_done(future.key, future.result()) or ():
+                futures.append(submit(call))
+                pending.add(futures[-1])
             if progress is not None:
                 progress(done, len(futures))
+        return True
     except BaseException:
         client.cancel(futures)
         raise

@@ -89,7 +89,7 @@ class TrainConfig:
     early_stopping_patience: int = 12  # epochs without a better validation score; 0 disables
     reduce_lr_patience: int = 5  # epochs; 0 disables
     seed: int = 0
-    mixed_precision: str = "auto"  # "auto": mixed_float16 on a GPU, float32 on the CPU; or "off"
+    mixed_precision: str = "auto"  # "auto": mixed_float16 on a GPU, mixed_bfloat16 on a bfloat16 CPU; or "off"
     replay_fraction: float = 0.5  # fine-tuning: share of patches from the data the model saw before
     finetune_lr_factor: float = 0.2  # fine-tuning learning rate = learning_rate * this
     # Model selection (docs/benchmarks.md, "Good masks by default"): after every epoch the validation

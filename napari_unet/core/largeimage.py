@@ -6,9 +6,9 @@ equals the same pixels of a whole-image `predict_probabilities`. Chunks are squa
 `tiling.chunk_size` pixels, and start at multiples of `size_multiple`.
 
 Labels of a chunk are pixel-wise, so chunks never disagree at their borders: binary
-``p > threshold``, classes argmax, instances the foreground ``1 - p_background > threshold``
-(value 1). Steps that need whole objects (``min_size``, splitting touching instances) are not
-applied to chunked images.
+``p > threshold`` and classes argmax. Labels that need whole objects (instances, and binary masks
+with a ``min_size``) are made by `chunkobjects.py`: objects per chunk with a margin, matched across
+chunk borders, sized globally.
 
 The same functions run in one process here (the CLI without a cluster, the compute worker) and
 as cluster tasks (`cluster.py`).
@@ -38,7 +38,8 @@ class ChunkJob:
 
 
 def pixel_labels(probs: np.ndarray, cfg: Config) -> np.ndarray:
-    """Pixel-wise labels of probabilities (H, W, K): the rule every chunk follows (see the module docstring)."""
+    """Pixel-wise labels of probabilities (H, W, K): the rule of binary and classes chunks (instances: the
+    foreground; chunked instance labels are objects, see `chunkobjects.py`)."""
     task = cfg.data.task
     if task == "binary":
         return (probs[..., 0] > cfg.predict.threshold).astype(np.uint8)
@@ -101,11 +102,14 @@ def predict_to_store(
     Stops (raising `PredictionStopped`) between chunks when `stop` is set; the temporary store is
     removed on every failure.
     """
+    from .chunkobjects import needs_objects, predict_objects_to_store
     from .predict import PredictionStopped, _lazy_image
     from .tiling import chunk_size
 
     x = _lazy_image(source, cfg)
     chunk = chunk or chunk_size(cfg)
+    if needs_objects(cfg):
+        return predict_objects_to_store(model, x, cfg, target, chunk, progress, stop, overwrite, info)
     job = prepare(x, cfg, target, chunk, info)
     cells = list(chunk_grid(target.yx_shape, chunk))
     try:

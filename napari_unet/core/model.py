@@ -313,8 +313,10 @@ def _layer_interval(layer: keras.layers.Layer, lo: int, hi: int) -> tuple[int, i
 def configure_devices(cfg: Config) -> tf.distribute.Strategy:
     """Set the Keras precision policy and return the distribution strategy for training.
 
-    GPU + ``train.mixed_precision == "auto"``: mixed_float16; otherwise (CPU or "off") float32,
-    resetting any policy set earlier. More than one GPU: MirroredStrategy; else the default strategy.
+    ``train.mixed_precision == "auto"``: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with
+    bfloat16 instructions (`cpu_has_bfloat16`: about twice the float32 training speed), float32
+    otherwise or with "off", resetting any policy set earlier. Models are saved in float32 either
+    way (`float32_model`). More than one GPU: MirroredStrategy; else the default strategy.
     """
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
@@ -322,13 +324,40 @@ def configure_devices(cfg: Config) -> tf.distribute.Strategy:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass  # already initialised: the setting can no longer change
-    if gpus and cfg.train.mixed_precision == "auto":
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    else:
-        keras.mixed_precision.set_global_policy("float32")
+    policy = "float32"
+    if cfg.train.mixed_precision == "auto":
+        policy = "mixed_float16" if gpus else ("mixed_bfloat16" if cpu_has_bfloat16() else "float32")
+    keras.mixed_precision.set_global_policy(policy)
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16; Linux only, else False)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def float32_model(model: keras.Model, cfg: Config) -> keras.Model:
+    """The model with float32 layers: a mixed-precision one rebuilt from `cfg` with its weights.
+
+    What is saved: a model saved with mixed layers would compute in 16 bits wherever it is loaded.
+    """
+    if cfg.model.architecture == "imported" or all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = build_model(cfg)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 @functools.lru_cache(maxsize=1)

@@ -311,6 +311,15 @@ class StagedLabels:
         array[(*lead, slice(y0, y0 + labels.shape[0]), slice(x0, x0 + labels.shape[1]))] = labels.astype(self.dtype)
         (self.staging / DONE_DIR / f"{iy}-{ix}").touch()
 
+    def read_chunk(self, iy: int, ix: int) -> np.ndarray:
+        """The (H, W) labels stored for one chunk."""
+        import zarr
+
+        y0, x0 = iy * self.chunk, ix * self.chunk
+        array = zarr.open_array(str(self.staging / "0"), mode="r")
+        lead = (0,) * (len(self.target.shape) - 2)
+        return np.asarray(array[(*lead, slice(y0, y0 + self.chunk), slice(x0, x0 + self.chunk))])
+
     def missing(self) -> list[tuple[int, int]]:
         """Chunks without a finished marker."""
         done = {p.name for p in (self.staging / DONE_DIR).iterdir()} if (self.staging / DONE_DIR).is_dir() else set()

@@ -219,6 +219,10 @@ def _review_predict(request: ReviewPredictRequest, emit: Emit, stop: threading.E
     from napari_unet.core.errors import NapariUNetError
     from napari_unet.core.predict import PredictionStopped
 
+    if request.cluster:
+        from .review_cluster import run_review_on_cluster
+
+        return run_review_on_cluster(request, emit, stop)
     _started(request.job, emit)
     bundle = load_model(request.model)
     project = rv.ReviewProject.open(request.project)

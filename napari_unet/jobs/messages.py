@@ -90,6 +90,7 @@ class ReviewPredictRequest(Request):
     names: list[str]
     method: str
     only_unreviewed: bool = False
+    cluster: str | None = None  # "local:N" or a scheduler address: run on dask (jobs/review_cluster.py)
 
 
 @dataclass

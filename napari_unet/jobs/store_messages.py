@@ -20,6 +20,7 @@ class PredictStoreRequest(Request):
     root: str  # the image group that receives labels/<name> (the source store, or a new one)
     name: str
     threshold: float | None = None  # the widget's post-processing threshold (None: the model's)
+    cluster: str | None = None  # "local:N" or a scheduler address (an OME-Zarr `source` only): chunks as dask tasks
 
 
 @dataclass

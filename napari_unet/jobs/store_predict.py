@@ -46,7 +46,29 @@ def run_store_predict(request: PredictStoreRequest, emit: Any, stop: threading.E
 
     info = {"model": str(bundle.path), "source": request.source or "a napari layer"}
     try:
-        path = predict_to_store(bundle.model, source, cfg, target, chunk, progress, stop, info=info)
+        if request.cluster and request.source is not None:
+            path = _on_cluster(request, emit, bundle, cfg, image, target, chunk, progress, stop)
+        else:
+            path = predict_to_store(bundle.model, source, cfg, target, chunk, progress, stop, info=info)
     except PredictionStopped:
         return JobState.STOPPED, None
     return JobState.DONE, PredictStoreOutcome(str(path), time.monotonic() - start, bundle_info(bundle))
+
+
+def _on_cluster(request: PredictStoreRequest, emit: Any, bundle: Any, cfg: Any, image: Any, target: Any, chunk: int,
+                progress: Any, stop: threading.Event) -> Path:  # fmt: skip
+    """The store's chunks as tasks on a dask cluster (`core/batch.py`, as `napari-unet predict --cluster`)."""
+    import argparse
+
+    from napari_unet.core.batch import Run
+    from napari_unet.core.cluster import dashboard, open_client
+    from napari_unet.core.review_cluster import cluster_target
+
+    local, address = cluster_target(request.cluster or "")
+    overrides = {} if request.threshold is None else {"threshold": float(request.threshold)}
+    model_path = str(Path(bundle.path).resolve())
+    with open_client(local, address) as client:
+        emit(Progress(request.job, 0.0, text=f"dask dashboard: {dashboard(client)}"))
+        args = argparse.Namespace(overwrite=False, axes=None)
+        written = Run(model_path, overrides, bundle, cfg).execute(client, [image], [target], [], args, chunk, progress, stop)
+    return written[0]

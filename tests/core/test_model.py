@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from napari_unet.core.config import Config
 from napari_unet.core.errors import ConfigError
-from napari_unet.core.model import build_model, configure_devices, device_info, halo
+from napari_unet.core.model import build_model, configure_devices, cpu_has_bfloat16, device_info, float32_model, halo
 
 VARIANTS = [
     # depth, batch_norm, dropout, upsampling, in_channels, task
@@ -181,10 +181,36 @@ def test_configure_devices_on_cpu_resets_policy_and_mixed_precision_output_is_fl
         y = np.asarray(model.predict_on_batch(np.ones((1, 16, 16, 1), np.float32)))
         assert y.dtype == np.float32 and np.isfinite(y).all()
         strategy = configure_devices(_cfg())
-        assert keras.mixed_precision.global_policy().name == "float32"  # no GPU here
+        expected = "mixed_bfloat16" if cpu_has_bfloat16() else "float32"  # no GPU here
+        assert keras.mixed_precision.global_policy().name == expected
         assert strategy.num_replicas_in_sync == 1
+        configure_devices(_cfg().replace(train={"mixed_precision": "off"}))
+        assert keras.mixed_precision.global_policy().name == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_cpu_bfloat16_detection_reads_the_cpu_flags():
+    flags = open("/proc/cpuinfo", encoding="ascii", errors="replace").read().split()
+    assert cpu_has_bfloat16() == ("amx_bf16" in flags or "avx512_bf16" in flags)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_float32_model_keeps_the_weights_and_computes_in_float32(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        mixed = build_model(_cfg())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    plain = float32_model(mixed, _cfg())
+    assert plain is not mixed
+    assert {layer.dtype_policy.name for layer in plain.layers} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(mixed.get_weights(), plain.get_weights()))
+    x = np.random.default_rng(0).random((1, 32, 32, 1), dtype=np.float32)
+    low, full = np.asarray(mixed.predict_on_batch(x)), np.asarray(plain.predict_on_batch(x))
+    assert np.abs(low - full).max() < 0.05  # the same network, at 16-bit rounding
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert float32_model(plain, _cfg()) is plain
 
 
 def test_device_info_is_cheap_and_readable():
