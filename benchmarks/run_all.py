@@ -30,7 +30,7 @@ from benchmarks._common import REPO, Report, Row, describe_load
 
 BENCHMARKS: tuple[str, ...] = (
     "startup", "throughput", "tiling", "cluster", "quality", "peers", "hitl", "gui_responsiveness", "load", "uncertainty_ranking", "eta",
-    "model_files", "live_annotator",
+    "model_files", "live_annotator", "precision",
 )
 GUI_BENCHMARKS = frozenset({"gui_responsiveness"})
 BENCH_DIR = REPO / "benchmarks"

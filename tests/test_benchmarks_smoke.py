@@ -62,6 +62,23 @@ def test_quick_run_of_model_files(tmp_path):
         assert ratio["ok"] is True, ratio
 
 
+def test_quick_run_of_precision(tmp_path):
+    """The precision benchmark compares float32 with the policy "auto" picks, and checks the saved copy."""
+    from napari_unet.core.model import cpu_has_bfloat16
+
+    json_path = tmp_path / "precision.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.precision", "--quick", "--json", str(json_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = {row["figure"]: row["value"] for row in json.loads(json_path.read_text())["rows"]}
+    assert rows["8 filters, float32"] > 0
+    if cpu_has_bfloat16():
+        assert rows["8 filters, mixed_bfloat16"] > 0
+        assert 0 < rows["max |p_mixed - p_float32|"] < 0.05  # the same network, at bfloat16 rounding
+
+
 def test_targets_are_checked():
     assert check_target(0.91, ">= 0.9") is True
     assert check_target(0.89, ">= 0.9") is False
