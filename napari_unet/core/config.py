@@ -92,6 +92,10 @@ class TrainConfig:
     mixed_precision: str = "auto"  # "auto": mixed_float16 on a GPU, mixed_bfloat16 on a bfloat16 CPU; or "off"
     replay_fraction: float = 0.5  # fine-tuning: share of patches from the data the model saw before
     finetune_lr_factor: float = 0.2  # fine-tuning learning rate = learning_rate * this
+    # Fine-tuning: after every step each weight moves this share of the way back to the parent's
+    # (decoupled L2-SP: the model learns the new images but stays near what it knew); 0: off.
+    # Chosen by the hitl benchmark (docs/benchmarks.md): 0.01 stopped the new domain from learning.
+    finetune_anchor: float = 0.002
     # Model selection (docs/benchmarks.md, "Good masks by default"): after every epoch the validation
     # images are predicted whole and scored with what the user wants, not with the loss.
     keep: str = "best"  # "best": the epoch with the best validation score; "last": the last epoch
@@ -394,6 +398,7 @@ def _check_values(cfg: Config) -> None:
     _range("train.reduce_lr_patience", t.reduce_lr_patience, 0, 10**6)
     _range("train.seed", t.seed, 0, 2**32 - 1)
     _range("train.finetune_lr_factor", t.finetune_lr_factor, 1e-6, 100.0)
+    _range("train.finetune_anchor", t.finetune_anchor, 0.0, 1.0)
     if t.class_weights is not None and any(not (w >= 0 and math.isfinite(w)) for w in t.class_weights):
         raise ConfigError(f"train.class_weights must be finite and not negative; got {t.class_weights}.")
     if d.ignore_label is not None:

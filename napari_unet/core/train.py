@@ -218,7 +218,7 @@ def finetune(
     learning_rate = cfg.train.learning_rate * cfg.train.finetune_lr_factor
     history, status, best_epoch = _fit(
         model, cfg, dataset, data, learning_rate, on_event, stop, t0, n_epochs, cfg.train.finetune_time_limit_s,
-        _best_reporter(on_best, result, cfg), guard=guard,
+        _best_reporter(on_best, result, cfg), guard=guard, anchor=parent.model.get_weights(),
     )
     after = evaluate_arrays(model, data.val_images, data.val_targets, cfg, data.val_labels) if data.val_images else {}
     metrics = {**after, **{f"before_{k}": v for k, v in before.items()}}
@@ -378,6 +378,7 @@ def _fit(
     time_limit_s: float,
     on_best: Callable[..., None] | None,
     guard: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
+    anchor: Sequence[np.ndarray] | None = None,
 ) -> tuple[dict[str, list[float]], str, int | None]:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
@@ -386,6 +387,8 @@ def _fit(
     )
     progress = _Progress(cfg, on_event, stop, data, t0, epochs, time_limit_s, on_best, guard)
     callbacks: list[keras.callbacks.Callback] = [progress]
+    if anchor is not None and cfg.train.finetune_anchor > 0:
+        callbacks.insert(0, _Anchor(model, anchor, cfg.train.finetune_anchor))
     if cfg.train.reduce_lr_patience > 0:
         monitor, mode = ("val_score", "max") if progress.validating else ("loss", "min")
         callbacks.append(
@@ -414,6 +417,22 @@ def _fit(
     progress.restore(model)
     progress.emit("end", status=status, message=progress.summary(status))
     return progress.history, status, progress.selection.selected_epoch
+
+
+class _Anchor(keras.callbacks.Callback):
+    """After every step, move each trainable weight `share` of the way back to the parent's value."""
+
+    def __init__(self, model: keras.Model, parent_weights: Sequence[np.ndarray], share: float):
+        super().__init__()
+        index = {id(v): i for i, v in enumerate(model.weights)}  # the order of get_weights/set_weights
+        if len(index) != len(parent_weights):
+            raise ValueError(f"{len(parent_weights)} parent weights for a model with {len(index)}")
+        self._pairs = [(v, keras.ops.convert_to_tensor(parent_weights[index[id(v)]])) for v in model.trainable_weights]
+        self._keep = 1.0 - float(share)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        for variable, parent in self._pairs:
+            variable.assign(parent + self._keep * (variable - parent))
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import hashlib
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from napari_unet.core.config import Config
@@ -118,3 +119,23 @@ def test_finetuning_improves_the_new_image_and_keeps_the_old_version(trained, nu
     old, kept = parent.metadata["replay"]["patches"], child.metadata["replay"]["patches"]
     assert set(old) & set(kept) and len(list((v1.parent / "replay").glob("*.npz"))) == len(set(old) | set(kept))
     assert {"dice", "before_dice"} <= set(result.metrics)
+
+
+def test_finetune_anchor_pulls_every_weight_back_toward_the_parent(trained, nuclei_pairs):
+    """train.finetune_anchor = 1 undoes every step (the weights stay the parent's); 0.5 keeps them
+    nearer the parent than no anchor does, on the same data and seed."""
+    from napari_unet.core.bundle import load_bundle
+    from napari_unet.core.train import finetune
+
+    _, _, v1 = trained
+    new_pair = _pairs(nuclei_pairs, [next(i for i, p in enumerate(nuclei_pairs) if p[1].shape != (256, 256))])
+    distances = {}
+    for share in (0.0, 0.5, 1.0):
+        parent = load_bundle(v1)
+        parent.config = parent.config.replace(train={"finetune_anchor": share})
+        result = finetune(parent, new_pair, epochs=1)
+        trainable = {id(v) for v in result.model.trainable_weights}
+        pairs = [(w, p) for v, w, p in zip(result.model.weights, result.model.get_weights(), parent.model.get_weights())
+                 if id(v) in trainable]  # fmt: skip
+        distances[share] = float(sum(np.abs(w - p).sum() for w, p in pairs))
+    assert distances[1.0] < 1e-6 < distances[0.5] < distances[0.0], distances
