@@ -8,6 +8,8 @@ The output layer computes in float32, so the models also work under mixed precis
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 import math
 import os
 import warnings
@@ -331,6 +333,22 @@ def configure_devices(cfg: Config) -> tf.distribute.Strategy:
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+@contextmanager
+def training_scope(cfg: Config) -> Iterator[tf.distribute.Strategy]:
+    """Build (and compile) a model to train inside this: `configure_devices` and its strategy's scope.
+
+    The global precision policy is restored on exit: the built layers keep theirs, and nothing built
+    later in the process (another job's model, a float32 copy to save) inherits a mixed policy.
+    """
+    previous = keras.mixed_precision.global_policy()
+    try:
+        strategy = configure_devices(cfg)
+        with strategy.scope():
+            yield strategy
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 @functools.lru_cache(maxsize=1)

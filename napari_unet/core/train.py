@@ -33,7 +33,7 @@ from .errors import BundleError, InputError
 from .states import JobState
 from .losses import make_loss
 from .metrics import make_metrics
-from .model import build_model, configure_devices
+from .model import build_model, training_scope
 from .predict import PredictionStopped, predict_probabilities
 from .scores import dice_score, per_class_dice
 from .targets import probabilities_to_labels
@@ -145,8 +145,7 @@ def train(
     data = _training_data(pairs, val_pairs, cfg)
     cfg = cfg.replace(predict=default_postprocessing(cfg, data.train_sizes))
     keras.utils.set_random_seed(cfg.train.seed)
-    strategy = configure_devices(cfg)
-    with strategy.scope():
+    with training_scope(cfg):
         model = build_model(cfg)
     training_data = [bundle_io.describe_data(p.name, p.image, p.labels) for p in pairs]
     replay = _replay_patches(data.train_images, data.train_targets, cfg)
@@ -192,8 +191,7 @@ def finetune(
         bundle_io.load_replay(parent.path) if parent.path is not None else ([], [])
     )
     keras.utils.set_random_seed(cfg.train.seed + 1)
-    strategy = configure_devices(cfg)
-    with strategy.scope():
+    with training_scope(cfg):
         model = _trainable_copy(parent, cfg)
     dataset = _mixed_dataset(data.train_images, data.train_targets, replay_images, replay_targets, cfg)
     before = (

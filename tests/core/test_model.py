@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from napari_unet.core.config import Config
 from napari_unet.core.errors import ConfigError
-from napari_unet.core.model import build_model, configure_devices, cpu_has_bfloat16, device_info, float32_model, halo
+from napari_unet.core.model import build_model, configure_devices, cpu_has_bfloat16, device_info, float32_model, halo, training_scope
 
 VARIANTS = [
     # depth, batch_norm, dropout, upsampling, in_channels, task
@@ -188,6 +188,18 @@ def test_configure_devices_on_cpu_resets_policy_and_mixed_precision_output_is_fl
         assert keras.mixed_precision.global_policy().name == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_training_scope_restores_the_global_policy_and_built_layers_keep_theirs():
+    expected = "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+    with training_scope(_cfg()):
+        assert keras.mixed_precision.global_policy().name == expected
+        model = build_model(_cfg())
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert model.get_layer("enc0_conv1").dtype_policy.name == expected
+    with pytest.raises(RuntimeError), training_scope(_cfg()):
+        raise RuntimeError("a failed build")
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def test_cpu_bfloat16_detection_reads_the_cpu_flags():
