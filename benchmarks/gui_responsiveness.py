@@ -12,6 +12,7 @@ Run: `python -m benchmarks.gui_responsiveness [--quick]` (under xvfb-run without
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,7 @@ def run(quick: bool = False) -> Report:
             [sys.executable, "-m", "benchmarks.user_session", "--model", str(model), "--images", str(images),
              "--out", str(out), "--big", str(big)],
             cwd=REPO, capture_output=True, text=True, timeout=1800,
+            env={**os.environ, "NAPARI_UNET_MODEL_DIR": str(folder / "user-models")},  # not the user's folder
         )  # fmt: skip
         if not out.is_file():
             raise RuntimeError(f"the session did not report:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")

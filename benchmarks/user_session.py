@@ -33,9 +33,13 @@ def session(viewer, args: argparse.Namespace, report: dict, phase: list[str]) ->
 
     phase[0] = "dock widgets"
     add = viewer.window.add_plugin_dock_widget
+    # One widget at a time from the Plugins menu: the event loop turns (and paints) between docks.
     predict = add("napari-unet", "Predict")[1]
+    yield lambda: True
     train = add("napari-unet", "Train", tabify=True)[1]
+    yield lambda: True
     finetune = add("napari-unet", "Fine-tune", tabify=True)[1]
+    yield lambda: True
     review = add("napari-unet", "Review", tabify=True)[1]
     client = session_client()
     yield lambda: True  # let the docks show
@@ -75,10 +79,13 @@ def session(viewer, args: argparse.Namespace, report: dict, phase: list[str]) ->
 
     phase[0] = "fine-tune"
     predicted = predict.last_record.labels_layer
-    predicted.data = (viewer.layers["nuclei labels"].data > 0).astype(np.int32)  # the user's correction
+    # The user's correction; napari's brush and fill keep the layer's dtype, so does this.
+    predicted.data = (viewer.layers["nuclei labels"].data > 0).astype(predicted.data.dtype)
+    yield lambda: True  # each of the user's clicks is an event of its own
     finetune.labels_picker.set_layer(predicted)
     finetune.image_picker.set_layer(viewer.layers["nuclei"])
     finetune.add_corrected()
+    yield lambda: True
     finetune.epochs.setValue(2)
     finetune.finetune_button.click()
     yield lambda: not finetune.job.running and not finetune.predict_job.running
@@ -88,7 +95,8 @@ def session(viewer, args: argparse.Namespace, report: dict, phase: list[str]) ->
         phase[0] = f"predict {args.big}"
         tile = viewer.layers["nuclei"].data
         reps = -(-args.big // tile.shape[0]), -(-args.big // tile.shape[1])
-        big = viewer.add_image(np.tile(tile, reps)[: args.big, : args.big], name="big")
+        big = viewer.add_image(np.tile(tile, reps)[: args.big, : args.big], name="big")  # File > Open
+        yield lambda: True
         predict.image_picker.set_layer(big)
         n_layers, t0 = len(viewer.layers), time.perf_counter()
         predict.predict_button.click()

@@ -20,7 +20,8 @@ from .channels import to_channels
 from .config import IGNORE_TARGET, Config
 from .data import INTENSITY_SCALE, INTENSITY_SHIFT, pad_pair
 from .errors import InputError
-from .model import build_model, configure_devices, halo
+from .live_source import LazyPlanes
+from .model import build_model, halo, training_scope
 from .normalize import normalize, percentiles
 from .predict import predict_probabilities
 from .strokes import StrokeStore, View, clip_view, context_window, patch_origin
@@ -33,11 +34,21 @@ LIVE_FINETUNE_LR_FACTOR = 0.3
 CLIP_NORM = 1.0
 #: Replay patches saved with a frozen model, cut around the strokes (for later fine-tuning).
 FREEZE_REPLAY_PATCHES = 48
+#: The shown model's weights are an exponential moving average of the trained ones with this decay
+#: per step (Polyak averaging): single batches on a few strokes swing the raw weights, and one
+#: background stroke could flip large regions for a frame or two; the average does not.
+EMA_DECAY = 0.98
 
 
-def as_planes(image: np.ndarray, rgb: bool) -> np.ndarray:
-    """A layer's data as `(planes, H, W, C)` without copying: 2D, RGB, stacks, RGB stacks."""
-    image = np.asarray(image) if not isinstance(image, np.ndarray) else image
+def as_planes(image: Any, rgb: bool) -> np.ndarray | LazyPlanes:
+    """A layer's data as `(planes, H, W, C)` without copying: 2D, RGB, stacks, RGB stacks.
+
+    A lazy array (zarr, dask) stays lazy: `LazyPlanes` reads only the regions asked for.
+    """
+    if isinstance(image, LazyPlanes):
+        return image
+    if not isinstance(image, np.ndarray):
+        return LazyPlanes(image, rgb)
     spatial = image.ndim - (1 if rgb else 0)
     if spatial not in (2, 3):
         raise InputError(f"Live mode needs a 2D image or a stack of 2D planes; got shape {image.shape}.")
@@ -76,27 +87,28 @@ class LiveTrainer:
 
     def __init__(
         self,
-        image: np.ndarray,
-        labels: np.ndarray,
+        image: Any,
+        labels: np.ndarray | StrokeStore,
         cfg: Config,
         parent: bundle_io.ModelBundle | None = None,
         rgb: bool = False,
         seed: int = 0,
+        ema_decay: float | None = None,
     ) -> None:
         self.image = as_planes(image, rgb)
         self.rgb = rgb
         cfg = cfg.replace(data={"sparse": True}).validate()
         self.cfg = cfg
         self.parent = parent
-        if labels.shape != self.image.shape[:3]:
-            raise InputError(f"The labels ({labels.shape}) must have the image's shape {self.image.shape[:3]}.")
-        self.store = StrokeStore(labels, cfg.data.background_label)
+        shape = labels.shape
+        if tuple(shape) != tuple(self.image.shape[:3]):
+            raise InputError(f"The labels ({tuple(shape)}) must have the image's shape {tuple(self.image.shape[:3])}.")
+        self.store = labels if isinstance(labels, StrokeStore) else StrokeStore(labels, cfg.data.background_label)
         self.rng = np.random.default_rng(seed)
         self.stats = LiveStats()
         self._bounds: dict[int, tuple[float, float]] = {}
         keras.utils.set_random_seed(seed)
-        strategy = configure_devices(cfg)
-        with strategy.scope():
+        with training_scope(cfg):
             self.model = build_model(cfg)
             if parent is not None:
                 self.model.set_weights(parent.model.get_weights())
@@ -108,6 +120,7 @@ class LiveTrainer:
             self.train_model = keras.Model(self.model.input, logits, name="live_logits")
             self.train_model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=CLIP_NORM),
                                      loss=logit_loss(cfg.n_outputs))  # fmt: skip
+            self.shown = WeightAverage(self.model, EMA_DECAY if ema_decay is None else ema_decay)
         self.halo = halo(cfg)
 
     # ------------------------------------------------------------------ data
@@ -115,7 +128,8 @@ class LiveTrainer:
         """Normalisation percentiles of a plane (a strided subsample of large planes), computed once."""
         if plane not in self._bounds:
             d = self.cfg.data
-            self._bounds[plane] = percentiles(self._channels(self.image[plane]), d.norm_low, d.norm_high)
+            pixels = self.image.sample(plane) if isinstance(self.image, LazyPlanes) else self.image[plane]
+            self._bounds[plane] = percentiles(self._channels(pixels), d.norm_low, d.norm_high)
         return self._bounds[plane]
 
     def _channels(self, region: np.ndarray) -> np.ndarray:
@@ -181,6 +195,7 @@ class LiveTrainer:
         size, c = self.cfg.data.patch_size, self.cfg.data.in_channels
         x = np.zeros((self.cfg.train.batch_size, size, size, c), np.float32)
         self.train_model.train_on_batch(x, np.full(x.shape[:3] + (1,), IGNORE_TARGET, np.int32))
+        self.shown.trace()
         if view is not None:
             self.predict(view)
 
@@ -190,6 +205,7 @@ class LiveTrainer:
             return None
         x, y = self.batch()
         loss = self.train_model.train_on_batch(x, y, return_dict=True)["loss"]
+        self.shown.update()
         self.stats.steps += 1
         self.stats.loss = float(loss)
         return self.stats.loss
@@ -203,7 +219,7 @@ class LiveTrainer:
         view = clip_view(view, self.store.shape)
         window = context_window(view, self.store.shape, self.halo)
         image = self.normalised(view.plane, window.top, window.left, window.bottom, window.right)
-        probs = predict_probabilities(self.model, image, self._predict_cfg(window))
+        probs = predict_probabilities(self.shown.model, image, self._predict_cfg(window))
         rows = slice(view.top - window.top, view.bottom - window.top)
         cols = slice(view.left - window.left, view.right - window.left)
         probs = probs[rows, cols]
@@ -233,7 +249,44 @@ class LiveTrainer:
         data = {"name": name, "shape": list(self.image.shape), "live_object_pixels": fg, "live_background_pixels": bg,
                 "planes": planes}  # fmt: skip
         parent = str(self.parent.path) if self.parent is not None and self.parent.path is not None else None
-        return bundle_io.ModelBundle(self.model, self.cfg, history, [data], parent, {})
+        return bundle_io.ModelBundle(self.shown.model, self.cfg, history, [data], parent, {})  # what was shown
+
+
+class WeightAverage:
+    """A copy of `trained` whose weights are an exponential moving average of its weights.
+
+    The decay grows as `min(decay, (1 + n) / (10 + n))` over the `n` updates so far, so the first
+    steps are not averaged with the random initialisation (TensorFlow's `num_updates` rule).
+    """
+
+    def __init__(self, trained: keras.Model, decay: float) -> None:
+        import tensorflow as tf
+
+        self.model = keras.models.clone_model(trained)
+        self.model.set_weights(trained.get_weights())
+        self.decay = float(decay)
+        self.updates = 0
+        pairs = list(zip(self.model.weights, trained.weights))
+
+        @tf.function
+        def blend(rate: tf.Tensor) -> None:
+            for average, current in pairs:
+                average.assign(average + (current - average) * tf.cast(rate, average.dtype))
+
+        self._blend = blend
+
+    def trace(self) -> None:
+        """Trace the update now (a blend at rate 0 changes nothing)."""
+        import tensorflow as tf
+
+        self._blend(tf.constant(0.0, tf.float32))
+
+    def update(self) -> None:
+        import tensorflow as tf
+
+        self.updates += 1
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))  # 0: no averaging
+        self._blend(tf.constant(1.0 - decay, tf.float32))
 
 
 def from_parent(parent: bundle_io.ModelBundle, background_label: int) -> Config:

@@ -7,7 +7,7 @@ from .config import DEFAULT_BACKGROUND_LABEL, Config
 #: A new live model: small and quick to train on 2 CPU cores (docs/benchmarks.md, "Live").
 LIVE_MODEL = {"depth": 3, "base_filters": 16, "batch_norm": False, "dropout": 0.0}
 LIVE_DATA = {"patch_size": 96, "flips": True, "rotations": True, "intensity": False, "elastic": False}
-LIVE_TRAIN = {"batch_size": 4, "learning_rate": 1e-3}
+LIVE_TRAIN = {"batch_size": 8, "learning_rate": 1e-3}
 
 
 def live_config(

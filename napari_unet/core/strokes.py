@@ -73,10 +73,11 @@ def context_window(view: View, shape: tuple[int, int, int], halo: int, quantum: 
 class StrokeStore:
     """The labels painted so far, `(planes, H, W)`, with an index of the annotated pixels.
 
-    `labels` may be a writable memory map: pages that are never painted cost no memory.
+    `labels` may be a writable memory map: pages that are never painted cost no memory. With
+    `scan=False` the labels are known to be empty and are not read (a large map stays untouched).
     """
 
-    def __init__(self, labels: np.ndarray, background_label: int) -> None:
+    def __init__(self, labels: np.ndarray, background_label: int, scan: bool = True) -> None:
         if labels.ndim != 3:
             raise InputError(f"Live labels must be (planes, H, W); got shape {labels.shape}.")
         self.labels = labels
@@ -85,7 +86,7 @@ class StrokeStore:
         self._index: tuple[np.ndarray, np.ndarray] | None = None
         self.updates = 0
         planes, h, w = labels.shape
-        for p in range(planes):  # labels the user brought along
+        for p in range(planes if scan else 0):  # labels the user brought along
             rows = np.flatnonzero(np.asarray(labels[p]).any(axis=1))
             if rows.size:
                 self._reindex(p, int(rows[0]), 0, int(rows[-1]) + 1, w)

@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-# scikit-image is imported where it is used: napari's process imports this module with the widgets,
-# and importing skimage.morphology held the event loop for ~40 ms when the Predict widget was docked.
-
 from .config import IGNORE_TARGET, Config, DataConfig
 from .errors import InputError
 
+# scikit-image is imported where it is used: napari's process imports this module with the widgets,
+# and importing skimage.morphology held the event loop for ~40 ms when the Predict widget was docked.
 _FOUR_CONNECTED = ndi.generate_binary_structure(2, 1)
 _EIGHT_CONNECTED = ndi.generate_binary_structure(2, 2)
 

@@ -28,7 +28,7 @@ from tensorflow.python.framework import ops
 
 from . import bundle as bundle_io
 from .config import IGNORE_TARGET, Config
-from .data import TrainingPair, make_train_dataset, prepare_samples, split_pairs
+from .data import TrainingPair, make_train_dataset, prepare_samples, split_pairs, static_options
 from .errors import BundleError, InputError
 from .states import JobState
 from .losses import make_loss
@@ -719,8 +719,7 @@ def _mixed_dataset(
     )
     return tf.data.Dataset.zip((new_ds, old_ds)).map(
         lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    ).prefetch(tf.data.AUTOTUNE)
+    ).prefetch(2).with_options(static_options())
 
 
 def _replay_patches(

@@ -40,20 +40,27 @@ IDLE_WAIT_S = 0.1
 
 def run_live(request: LiveRequest, emit: Any, stop: threading.Event) -> tuple[JobState, Any]:
     from napari_unet.core.live import LiveTrainer, as_planes, from_parent
+    from napari_unet.core.live_source import open_source
     from napari_unet.core.strokes import View
 
 
     _started(request.job, emit)
     messages: queue.Queue = getattr(stop, "messages", None) or queue.Queue()
-    image = arrays.view(request.image)
-    shape = as_planes(image, request.rgb).shape[:3]
-    labels = _labels_store(request, shape)
+    if request.source is not None:
+        image = open_source(request.source)
+    elif request.image is not None:
+        image = arrays.view(request.image)
+    else:
+        raise InputError("The live request names no image.")
+    labels = _labels_store(request, as_planes(image, request.rgb).shape[:3])
     parent = load_model(request.parent) if request.parent else None
     if parent is not None:
         cfg = from_parent(parent, request.background_label)
     else:
         cfg = Config.from_dict(request.config).replace(data={"sparse": True, "background_label": request.background_label})
     trainer = LiveTrainer(image, labels, cfg, parent, rgb=request.rgb)
+    for region in request.regions:
+        trainer.paint(region.plane, region.top, region.left, arrays.take(region.labels))
     loop = _Loop(request, emit, trainer, View)
     loop.view = request.view
     trainer.warm_up(loop.viewport())
@@ -147,18 +154,24 @@ class _Loop:
         self.last_frame, self.frame_due, self.unshown = time.monotonic(), False, False
 
 
-def _labels_store(request: LiveRequest, shape: tuple[int, int, int]) -> np.ndarray:
-    """A writable `(planes, H, W)` int32 memory map in the scratch folder, with the labels given."""
+def _labels_store(request: LiveRequest, shape: tuple[int, int, int]) -> Any:
+    """The strokes: a writable `(planes, H, W)` int32 memory map in the scratch folder, with the labels given.
+
+    Without `labels` the map is never read or written as a whole: its untouched pages cost nothing.
+    """
+    from napari_unet.core.strokes import StrokeStore
+
     ref, store = arrays.empty(request.scratch, shape, np.int32)
     arrays.release(ref)  # the map stays valid; the file is gone when the job ends
-    if request.labels is not None:
-        given = arrays.view(request.labels)
-        given = given.reshape(shape) if given.size == store.size else None
-        if given is None:
-            raise InputError(f"The labels layer must have the image's shape {shape[1:]} (per plane).")
-        if np.any(given < 0):
-            raise InputError("The labels layer holds negative values; live labels are 0 (not annotated) or positive.")
-        store[:] = given
+    if request.labels is None:
+        return StrokeStore(store, request.background_label, scan=False)
+    given = arrays.view(request.labels)
+    given = given.reshape(shape) if given.size == store.size else None
+    if given is None:
+        raise InputError(f"The labels layer must have the image's shape {shape[1:]} (per plane).")
+    if np.any(given < 0):
+        raise InputError("The labels layer holds negative values; live labels are 0 (not annotated) or positive.")
+    store[:] = given
     return store
 
 

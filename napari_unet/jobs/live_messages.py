@@ -3,7 +3,7 @@ runs, and the frames that come back. Arrays travel as `ArrayRef`s, as everywhere
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .messages import ArrayRef, Event, JobMessage, ModelInfo, Request
 
@@ -21,9 +21,13 @@ class LiveViewport:
 
 @dataclass
 class LiveRequest(Request):
-    """Train continuously on strokes painted into `labels` (0 = not annotated) until Freeze or Stop."""
+    """Train continuously on strokes painted into `labels` (0 = not annotated) until Freeze or Stop.
 
-    image: ArrayRef
+    The image is either `image` (its pixels) or `source`, the path of a zarr array or OME-Zarr image
+    that the worker opens itself and reads region by region (a large image never crosses whole).
+    """
+
+    image: ArrayRef | None
     rgb: bool
     labels: ArrayRef | None  # labels already painted, `(planes, H, W)` or `(H, W)`; None: empty
     config: dict  # a new model's config (ignored when `parent` is given)
@@ -33,6 +37,8 @@ class LiveRequest(Request):
     background_label: int
     view: LiveViewport | None = None
     refresh_s: float = 1.0  # a new frame at least this often while training (sooner after a stroke)
+    source: str | None = None  # a zarr array or OME-Zarr image folder read lazily instead of `image`
+    regions: list[LiveStroke] = field(default_factory=list)  # painted regions to start from (with labels None)
 
 
 @dataclass

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from typing import Any
 
-import pyqtgraph as pg
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from napari_unet.core.states import JobState
 from napari_unet.jobs.messages import Event, Started, TrainUpdate
+
+from ._progress import ProgressBar
+from ._turns import LATER_MS
 
 #: How the status label shows each job state.
 STATUS_TEXT = {
@@ -27,7 +31,9 @@ _CURVES = {  # plot -> (log key, colour, legend)
     "loss": (("loss", "#4fc3f7", "train"), ("val_loss", "#ffb74d", "validation")),
     "dice": (("dice", "#4fc3f7", "train"), ("val_dice", "#ffb74d", "validation")),
 }
+_CURVE_KEYS = tuple(key for curves in _CURVES.values() for key, _colour, _name in curves)
 _STEPS = 1000
+_PLOT_HEIGHT = 150
 
 
 def format_duration(seconds: float | None) -> str:
@@ -53,19 +59,55 @@ class TrainingMonitor(QWidget):
         self.device_label.setWordWrap(True)
         self.device_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.device_label.setToolTip("Training runs in the compute worker, a separate process started on first use.")
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setRange(0, _STEPS)
         self.progress.setTextVisible(False)
         self.progress.setMaximumHeight(12)
         self.eta_label = QLabel(" ")
         self.eta_label.setWordWrap(True)
-        self.plots: dict[str, pg.PlotWidget] = {}
-        self.curves: dict[str, pg.PlotDataItem] = {}
-        plots_row = QHBoxLayout()
+        # The curves are built after the panel is first shown, one step per event-loop turn (importing
+        # pyqtgraph and building a plot each take tens of ms): docking the widget stays one short turn.
+        self.plots: dict[str, Any] = {}
+        self.curves: dict[str, Any] = {}
+        self._plots_row = plots_row = QHBoxLayout()
         plots_row.setContentsMargins(0, 0, 0, 0)
+        self._placeholder = QWidget()
+        self._placeholder.setFixedHeight(_PLOT_HEIGHT)  # the room the plots will take: no jump when they come
+        plots_row.addWidget(self._placeholder)
+        self._build_steps: Iterator[None] | None = None
+        self._build_timer = QTimer(self)  # a child: it goes with the widget
+        self._build_timer.setSingleShot(True)
+        self._build_timer.timeout.connect(self._build_step)
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.status_label)
+        top.addWidget(self.device_label, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(top)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.eta_label)
+        layout.addLayout(plots_row)
+        self.set_status(JobState.IDLE)
+
+    # ------------------------------------------------------------------ curves, built lazily
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        if self._build_steps is None:
+            self._build_steps = self._plot_steps()
+            self._build_timer.start(LATER_MS)
+
+    def _build_step(self) -> None:
+        if self._build_steps is not None and next(self._build_steps, "done") is None:
+            self._build_timer.start(LATER_MS)
+
+    def _plot_steps(self) -> Iterator[None]:
+        import pyqtgraph as pg
+
+        yield
         for title, curves in _CURVES.items():
             plot = pg.PlotWidget(background=None)
-            plot.setFixedHeight(150)
+            plot.setFixedHeight(_PLOT_HEIGHT)
             plot.setTitle(title, size="9pt")
             plot.showGrid(x=True, y=True, alpha=0.2)
             plot.setLabel("bottom", "epoch")
@@ -85,25 +127,25 @@ class TrainingMonitor(QWidget):
                     name=name,
                 )
             self.plots[title] = plot
-            plots_row.addWidget(plot)
-        top = QHBoxLayout()
-        top.setContentsMargins(0, 0, 0, 0)
-        top.addWidget(self.status_label)
-        top.addWidget(self.device_label, 1)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(top)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.eta_label)
-        layout.addLayout(plots_row)
-        self.set_status(JobState.IDLE)
+            self._plots_row.addWidget(plot)
+            self._placeholder.hide()
+            self._draw_curves()
+            yield
+
+    def _draw_curves(self) -> None:
+        """Put the kept per-epoch values into the curves (those built so far)."""
+        for key, curve in self.curves.items():
+            curve.setData(self.history.get(f"{key}_epoch", []), self.history.get(key, []))
+        epochs = self.history.get("loss_epoch") or self.history.get("dice_epoch") or [1]
+        spacing = max(1, math.ceil(max(epochs) / 6))  # whole epochs on the axis
+        for plot in self.plots.values():
+            plot.getAxis("bottom").setTickSpacing(major=spacing, minor=spacing)
 
     def begin(self) -> None:
         """Clear curves and progress for a new run."""
         self.history = {}
         self.events_seen = 0
-        for curve in self.curves.values():
-            curve.setData([], [])
+        self._draw_curves()
         self.progress.setValue(0)
         self.eta_label.setText("Starting the compute worker and preparing patches…")
         self.set_status(JobState.STARTING)
@@ -142,16 +184,11 @@ class TrainingMonitor(QWidget):
             parts.append(f"about {format_duration(event.eta_s)} left")
         self.eta_label.setText(" · ".join(parts))
         if event.kind == "epoch":
-            for key in self.curves:
+            for key in _CURVE_KEYS:
                 if key in event.logs:
                     self.history.setdefault(key, []).append(float(event.logs[key]))
                     self.history.setdefault(f"{key}_epoch", []).append(float(event.epoch))
-            for key, curve in self.curves.items():
-                if key in self.history:
-                    curve.setData(self.history[f"{key}_epoch"], self.history[key])
-            spacing = max(1, math.ceil(event.epoch / 6))  # whole epochs on the axis
-            for plot in self.plots.values():
-                plot.getAxis("bottom").setTickSpacing(major=spacing, minor=spacing)
+            self._draw_curves()
 
     def finish(self, status: JobState | str, message: str = "") -> None:
         if status == JobState.DONE:

@@ -51,8 +51,11 @@ def ome_zarr_source(layer: Any, data: Any) -> Path | None:
     return Path(path) if squeeze(full.shape) == squeeze(data.shape) else None
 
 
-def store_request(model_path: Path, model_label: str, layer: Any, data: Any, threshold: float | None) -> Any:
-    """A build function (run on the client's job thread) for a PredictStoreRequest of this layer."""
+def store_request(model_path: Path, model_label: str, layer: Any, data: Any, threshold: float | None,
+                  cluster: str | None = None) -> Any:  # fmt: skip
+    """A build function (run on the client's job thread) for a PredictStoreRequest of this layer.
+
+    `cluster` applies to layers read from an OME-Zarr store only (the cluster's workers open it)."""
     source = ome_zarr_source(layer, data)
     base = safe_folder_name(model_label)
     if source is not None:
@@ -67,7 +70,7 @@ def store_request(model_path: Path, model_label: str, layer: Any, data: Any, thr
         if source is None:
             root.parent.mkdir(parents=True, exist_ok=True)
         return PredictStoreRequest(str(model_path), None if source is None else str(source), image, str(root), name,
-                                   threshold)  # fmt: skip
+                                   threshold, cluster if source is not None else None)  # fmt: skip
 
     return build
 

@@ -2,9 +2,11 @@
 
 The compute worker trains continuously (`jobs/live.py`). This widget only sends what changed: the
 bounding box of each stroke (from the labels layer's `paint` events, one per finished brush
-stroke, fill or polygon, whose history atoms say where; gathered for `STROKE_DELAY_MS`; undo and
-redo are not paint events and are not sent) and the field of view after a pan, zoom or plane change. Frames come back as
-small arrays for the visible region, shown in a "live" labels layer placed on the image there.
+stroke, fill or polygon, whose history atoms say where; undo and redo, which napari applies without
+a paint event, from the history items they move; gathered for `STROKE_DELAY_MS`) and the field of
+view after a pan, zoom or plane change. Frames come back as small arrays for the visible region,
+shown in a "live" labels layer placed on the image there. A zarr-backed image goes to the worker
+as its path (`_live_source.py`), so a large image is read there region by region, never copied.
 Nothing heavy runs on the GUI thread and TensorFlow never enters this process.
 """
 
@@ -32,6 +34,7 @@ from napari_unet.jobs.messages import Progress, Started
 from ._base import JobWidget
 from ._jobs import WorkerJob
 from ._layers import META_KEY, layer_array, safe_folder_name, unique_name
+from ._live_source import painted_regions, zarr_path
 from ._notify import failure_message, show_error, show_info
 from ._pickers import LayerPicker
 from .models_registry import ModelEntry, ModelRegistry
@@ -58,6 +61,7 @@ class LiveWidget(JobWidget):
         self.sent = 0
         self._dirty: dict[int, list[int]] = {}  # plane -> [top, left, bottom, right] painted since the last send
         self._watched: Labels | None = None
+        self._history_tops: tuple[Any, Any] = (None, None)
         self._source: Image | None = None
         self._camera_connected = False
 
@@ -230,8 +234,12 @@ class LiveWidget(JobWidget):
         image_data, labels_data, rgb, bg = arr.data, labels.data, arr.rgb, self.background.value()
 
         def build(scratch: Path) -> LiveRequest:
-            return LiveRequest(arrays.put(scratch, image_data), rgb, arrays.put(scratch, np.asarray(labels_data)),
-                               cfg.to_dict(), parent, str(root), name, bg, view)  # fmt: skip
+            source = zarr_path(image, image_data)  # read there by the worker, region by region
+            pixels = None if source is not None else arrays.put(scratch, image_data)
+            regions = [LiveStroke(0, plane, top, left, arrays.put(scratch, region))
+                       for plane, top, left, region in painted_regions(labels_data)]  # fmt: skip
+            return LiveRequest(pixels, rgb, None, cfg.to_dict(), parent, str(root), name, bg, view, source=source,
+                               regions=regions)  # fmt: skip
 
         self._set_running(True)
         self.status_label.setText("Starting the compute worker… paint meanwhile: strokes are kept.")
@@ -260,9 +268,12 @@ class LiveWidget(JobWidget):
     def _watch(self, labels: Labels | None) -> None:
         if self._watched is not None:
             self._watched.events.paint.disconnect(self._on_paint)
+            self._watched.events.set_data.disconnect(self._on_set_data)
         self._watched = labels
+        self._history_tops = _history_tops(labels)
         if labels is not None:
             labels.events.paint.connect(self._on_paint)
+            labels.events.set_data.connect(self._on_set_data)
         if not self._camera_connected:
             viewer_camera(self.viewer).events.center.connect(self._on_camera)
             viewer_camera(self.viewer).events.zoom.connect(self._on_camera)
@@ -271,10 +282,25 @@ class LiveWidget(JobWidget):
 
     def _on_paint(self, event: Any) -> None:
         """Grow the painted box of each plane from a finished stroke (napari's paint event: its history atoms)."""
+        self._history_tops = _history_tops(self._watched)
+        self._mark(event.value or [])
+
+    def _on_set_data(self, _event: Any = None) -> None:
+        """Undo and redo: napari writes the pixels and refreshes, with no paint event.
+
+        Each moves one history item between the undo and redo lists; the items now on top that
+        were not on top before name the regions that changed (also sending one that did not is harmless).
+        """
+        tops = _history_tops(self._watched)
+        changed = [item for item, old in zip(tops, self._history_tops) if item is not None and item is not old]
+        self._history_tops = tops
+        self._mark([atom for item in changed for atom in item])
+
+    def _mark(self, atoms: list[Any]) -> None:
         if not self.job.running:
             return
         ndim = self._watched.ndim if self._watched is not None else 2
-        for atom in event.value or []:
+        for atom in atoms:
             box = _atom_box(atom[0], ndim)
             if box is None:
                 continue
@@ -419,6 +445,20 @@ class LiveWidget(JobWidget):
                 emitter.disconnect(self._on_camera)
             self._camera_connected = False
         super().shutdown()
+
+
+def _history_tops(layer: Labels | None) -> tuple[Any, Any]:
+    """The newest items of a labels layer's undo and redo histories (napari keeps them as lists of atoms).
+
+    napari 0.9 has no public history API; its private-access warning is silenced here, and without
+    the histories (a later napari) undo and redo are simply not followed.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        undo, redo = (getattr(layer, name, None) or () for name in ("_undo_history", "_redo_history"))
+        return (undo[-1] if undo else None, redo[-1] if redo else None)
 
 
 def _atom_box(key: Any, ndim: int) -> list[tuple[int, int]] | None:

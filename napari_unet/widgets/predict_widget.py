@@ -21,7 +21,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QMenu,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QToolButton,
@@ -39,10 +38,12 @@ from napari_unet.jobs.store_messages import PredictStoreOutcome
 
 from ._base import JobWidget
 from ._checks import LayerArray, check_spatial_layout, model_channels
+from ._cluster_choice import ClusterChoice
 from ._jobs import WorkerJob
 from ._layers import META_KEY, layer_array, placement, unique_name
 from ._notify import failure_message, report, show_error, show_info
 from ._pickers import LayerPicker
+from ._progress import ProgressBar
 from ._store_predict import add_store_layer, store_request, wants_store
 from ._tasks import predict_request
 from .models_registry import ModelEntry, ModelRegistry
@@ -208,7 +209,7 @@ class PredictWidget(JobWidget):
         self.stop_button.setEnabled(False)
         self.predict_button.clicked.connect(self.start_prediction)
         self.stop_button.clicked.connect(self.stop_prediction)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(False)
         self.progress.setMaximumHeight(12)
@@ -221,6 +222,9 @@ class PredictWidget(JobWidget):
         image_form = QFormLayout(image_box)
         image_form.addRow("Image", self.image_picker)
         image_form.addRow(self.with_probabilities)
+        self.cluster = ClusterChoice("predict.cluster")
+        self.cluster.setToolTip("OME-Zarr layers only: their chunks become tasks on a dask cluster.")
+        image_form.addRow("Cluster", self.cluster)
         image_form.addRow(buttons)
         image_form.addRow(self.progress)
         image_form.addRow(self.status_label)
@@ -387,6 +391,7 @@ class PredictWidget(JobWidget):
                 raise InputError("No image layer is open: open an image (File > Open) and pick it here.")
             image = layer_array(layer)
             self._check_image(entry, image)
+            cluster = self.cluster.value()
         except NapariUNetError as exc:
             self._set_status(JobState.IDLE, str(exc))  # the whole message stays readable here
             show_error(str(exc))
@@ -399,7 +404,8 @@ class PredictWidget(JobWidget):
         self.stop_button.setEnabled(True)
         if wants_store(layer, image.data, image.rgb):  # large or lazy: labels go to an OME-Zarr store, shown lazily
             threshold = None if entry.config.data.task == "classes" else round(self.threshold.value(), 4)
-            request = store_request(entry.path, entry.label, layer, image.data, threshold)
+            self.cluster.show_dashboard("")
+            request = store_request(entry.path, entry.label, layer, image.data, threshold, cluster)
         else:
             request = predict_request(entry, image.data, image.rgb)
         self.run_job(self.job, request, self._on_event, partial(self._on_predicted, entry))
@@ -412,6 +418,8 @@ class PredictWidget(JobWidget):
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Progress):
+            if event.text.startswith("dask dashboard"):
+                self.cluster.show_dashboard(event.text)
             if self.status == JobState.STARTING:
                 self.status = JobState.RUNNING
             self.progress.setValue(int(round(event.fraction * 1000)))

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 from napari_unet.core import review as rv
 from napari_unet.core.errors import NapariUNetError
 
+from ._cluster_choice import ClusterChoice
 from .models_registry import ModelEntry, ModelRegistry
 from .review_layers import OWN_LAYERS
 
@@ -88,6 +89,8 @@ class ReviewInputs(QWidget):
             "best (benchmarks/uncertainty_ranking.py) and costs 4 network passes per image; entropy costs 1."
         )
         form.addRow("Uncertainty", self.method_combo)
+        self.cluster = ClusterChoice("review.cluster")
+        form.addRow("Cluster", self.cluster)
         layout.addWidget(model_box)
 
         self._connections = [

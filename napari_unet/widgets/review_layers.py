@@ -9,6 +9,8 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_unet.core.targets import compact_labels
 
+from ._turns import LATER_MS
+
 IMAGE_LAYER, LABELS_LAYER, UNCERTAINTY_LAYER = "review image", "review labels", "review uncertainty"
 OWN_LAYERS = (IMAGE_LAYER, LABELS_LAYER, UNCERTAINTY_LAYER)
 
@@ -19,6 +21,11 @@ class ReviewLayers(QObject):
     An edit of the labels with napari's tools (brush, eraser, fill, new data) is remembered for the
     image shown and announced with `edited` once napari has written the pixels; `take_edit` hands
     it over (once) to whoever saves it.
+
+    Creating a layer is the slow part of showing (napari builds its visuals and controls: 60-100 ms
+    each), so when both the image and the labels layer are new, the labels follow in the next
+    event-loop turn; anything that needs them before (`labels`, `show`, the uncertainty map) gets
+    them at once.
     """
 
     #: The labels of this image were edited (and not yet taken with `take_edit`).
@@ -30,19 +37,47 @@ class ReviewLayers(QObject):
         self.shown: str | None = None
         self._pending: str | None = None
         self._loading = False  # True while this panel sets the labels' data itself
+        self._rest: tuple[np.ndarray, np.ndarray | None] | None = None  # labels and map still to show
+        self._rest_timer = QTimer(self)
+        self._rest_timer.setSingleShot(True)
+        self._rest_timer.timeout.connect(self.finish_showing)
 
     # ------------------------------------------------------------------ showing
     def show(self, name: str, image: np.ndarray, labels: np.ndarray | None, umap: np.ndarray | None) -> None:
         """Show an image with its labels (empty when None) and its uncertainty map (hidden when None)."""
         self.shown = name
-        reset = self._set_image(image)
-        self._set_labels(labels if labels is not None else np.zeros(image.shape[:2], np.int32))
-        self.show_uncertainty(umap)
+        mask = labels if labels is not None else np.zeros(image.shape[:2], np.int32)
+        reset = self._rest is not None  # a new layer of the previous call still wants the view reset
+        self._rest = None
+        self._rest_timer.stop()
+        if self._set_image(image):
+            labels_layer = self.layer(LABELS_LAYER)
+            if labels_layer is None or labels_layer.data.shape != mask.shape:
+                self._rest = (mask, umap)
+                self._rest_timer.start(LATER_MS)
+                return
+            reset = True
+        self._show_rest(mask, umap, reset)
+
+    def finish_showing(self) -> None:
+        """Show the labels (and map) still waiting for their turn, now."""
+        if self._rest is not None:
+            (mask, umap), self._rest = self._rest, None
+            self._rest_timer.stop()
+            self._show_rest(mask, umap, reset=True)
+
+    def _show_rest(self, mask: np.ndarray, umap: np.ndarray | None, reset: bool) -> None:
+        self._set_labels(mask)
+        self._show_map(umap)
         if reset:
             self.viewer.reset_view()
 
     def show_uncertainty(self, umap: np.ndarray | None) -> None:
         """Show this uncertainty map over the image, or remove the map layer (None)."""
+        self.finish_showing()
+        self._show_map(umap)
+
+    def _show_map(self, umap: np.ndarray | None) -> None:
         layer = self.layer(UNCERTAINTY_LAYER)
         if umap is None:
             if layer is not None:  # removed, not hidden: a stale shape would skew reset_view
@@ -63,6 +98,7 @@ class ReviewLayers(QObject):
 
     def labels(self) -> np.ndarray | None:
         """The labels as shown (with the user's edits)."""
+        self.finish_showing()
         layer = self.layer(LABELS_LAYER)
         return np.asarray(layer.data) if layer is not None else None
 

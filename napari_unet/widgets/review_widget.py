@@ -25,7 +25,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -37,6 +36,7 @@ from napari_unet.core.states import JobState
 from napari_unet.jobs.messages import (
     Event,
     InspectRequest,
+    Progress,
     ReviewFinetuneRequest,
     ReviewItemDone,
     ReviewPredictRequest,
@@ -48,6 +48,7 @@ from ._base import JobWidget
 from ._jobs import WorkerJob
 from ._monitor import format_duration
 from ._notify import failure_message, show_error, show_info, show_warning
+from ._progress import ProgressBar
 from .models_registry import ModelEntry, ModelRegistry
 from .review_inputs import ReviewInputs
 from .review_layers import IMAGE_LAYER, LABELS_LAYER, UNCERTAINTY_LAYER, ReviewLayers
@@ -100,7 +101,7 @@ class ReviewWidget(JobWidget):
         row.addWidget(self.start_button)
         row.addWidget(self.stop_button)
         layout.addLayout(row)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setTextVisible(True)
         layout.addWidget(self.progress)
         self.status_label = QLabel("Choose images, a model and press Start.")
@@ -251,23 +252,33 @@ class ReviewWidget(JobWidget):
 
     # ------------------------------------------------------------------ predictions
     def _run_predictions(self, names: list[str], only_unreviewed: bool) -> bool:
-        return self._with_model(partial(self._predict, names, only_unreviewed))
+        try:
+            cluster = self.inputs.cluster.value()  # a bad scheduler address is refused before any work
+        except NapariUNetError as exc:
+            self._fail(str(exc))
+            return False
+        return self._with_model(partial(self._predict, names, only_unreviewed, cluster))
 
-    def _predict(self, names: list[str], only_unreviewed: bool, model: ModelEntry) -> None:
+    def _predict(self, names: list[str], only_unreviewed: bool, cluster: str | None, model: ModelEntry) -> None:
         assert self.project is not None
         self._run_errors = []
         self.progress.setRange(0, len(names))
         self.progress.setValue(0)
         self.progress.setFormat(f"%v / {len(names)} images")
-        self._say(f"Predicting {len(names)} image(s) with {model.label}…")
+        where = f" on {cluster}" if cluster else ""
+        self._say(f"Predicting {len(names)} image(s) with {model.label}{where}…")
+        self.inputs.cluster.show_dashboard("")
         request = ReviewPredictRequest(
-            str(self.project.folder), str(model.path), list(names), self.inputs.method, only_unreviewed
+            str(self.project.folder), str(model.path), list(names), self.inputs.method, only_unreviewed, cluster
         )
         self.run_job(self.job, request, partial(self._on_predicted, model, only_unreviewed), self._on_predictions_done)
         self._update_buttons()
 
     def _on_predicted(self, model: ModelEntry, only_unreviewed: bool, event: Event) -> None:
         """One image done in the worker (its files are written): enter it in the index and the table."""
+        if isinstance(event, Progress) and event.text.startswith("dask dashboard"):
+            self.inputs.cluster.show_dashboard(event.text)
+            return
         if not isinstance(event, ReviewItemDone) or self.project is None or event.name not in self.project:
             return
         self.progress.setValue(event.index + 1)

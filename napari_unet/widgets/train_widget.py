@@ -44,6 +44,7 @@ from ._monitor import TrainingMonitor
 from ._notify import failure_message, offer, show_error, show_info
 from ._pickers import LayerPicker
 from ._settings import TrainingSettings
+from ._turns import later
 from ._tasks import preview_plane, train_request
 from .models_registry import CorrectedPair, ModelEntry, ModelRegistry
 
@@ -309,8 +310,8 @@ class TrainWidget(JobWidget):
             show_error(str(exc))
             return False
         preview = self._make_preview()
-        if preview is not None:
-            self._prepare_preview_layer(preview.image.shape[:2])
+        if preview is not None:  # creating the layer is the slow part of pressing Train: a turn of its own
+            later(lambda shape=preview.image.shape[:2]: self._prepare_preview_layer(shape))
         self.monitor.begin()
         self.result_label.setText(f"Training {name}… it will be saved in {root / name}")
         self._set_running(True)
@@ -359,6 +360,8 @@ class TrainWidget(JobWidget):
 
     def _prepare_preview_layer(self, shape: tuple[int, ...]) -> None:
         """An empty preview layer, made before training starts: creating a layer is the slow part."""
+        if self._shut_down:
+            return
         source = self._preview_source
         shape = (1, *shape) if self._preview_plane is not None else tuple(shape)
         layer = self._preview_layer

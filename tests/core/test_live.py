@@ -79,7 +79,7 @@ def test_trainer_learns_from_strokes_and_freezes(nuclei, tmp_path):
         trainer.paint(0, *annotator.next(pred))
         if stroke == 1:
             x, y = trainer.batch()
-            assert x.shape == (4, 96, 96, 1) and np.all((y >= 0).sum(axis=(1, 2, 3)) > 0)  # patches hold strokes
+            assert x.shape == (8, 96, 96, 1) and np.all((y >= 0).sum(axis=(1, 2, 3)) > 0)  # patches hold strokes
         for _ in range(25):
             trainer.step()
         pred = trainer.predict(View(0, 0, 0, *gt.shape))[1] > 0
@@ -133,3 +133,61 @@ def test_worker_live_job_strokes_view_freeze(nuclei, tmp_path):
         assert not client.send(job, LiveFreeze())  # the job has ended
     finally:
         client.close()
+
+
+def test_lazy_planes_read_regions_of_a_zarr_image(tmp_path):
+    """A zarr image is read region by region (patches, views, a window grid for percentiles)."""
+    import zarr
+
+    from napari_unet.core.live import as_planes
+    from napari_unet.core.live_source import LazyPlanes, open_source
+
+    z = zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=(3000, 2000), chunks=(500, 500), dtype="uint16",
+                        fill_value=7)  # fmt: skip
+    z[100:110, 200:210] = 1000
+    source = open_source(tmp_path / "big.zarr")
+    planes = as_planes(source, rgb=False)
+    assert isinstance(planes, LazyPlanes) and planes.shape == (1, 3000, 2000, 1)
+    region = planes[0, 95:115, 195:215]
+    assert isinstance(region, np.ndarray) and region.shape == (20, 20, 1) and region.max() == 1000
+    sample = planes.sample(0)
+    assert sample.shape[-1] == 1 and 0 < sample.size <= 16 * 16 * 64 * 64
+    with pytest.raises(InputError, match="not a zarr folder"):
+        open_source(tmp_path / "missing.zarr")
+
+
+def test_store_without_scan_never_reads_the_labels():
+    class Untouchable(np.ndarray):
+        count = 0  # reads of the labels
+
+        def __getitem__(self, key):
+            type(self).count += 1
+            return super().__getitem__(key)
+
+    labels = np.zeros((1, 4000, 4000), np.int32).view(Untouchable)
+    store = StrokeStore(labels, BG, scan=False)
+    assert Untouchable.count == 0 and store.annotated == 0
+    store.paint(0, 10, 10, np.ones((3, 3), np.int32))
+    assert store.counts() == (9, 0)
+
+
+def test_shown_weights_are_a_moving_average(nuclei):
+    """Live predicts with an exponential moving average of the trained weights, in bfloat16 on a CPU that has it."""
+    from napari_unet.core.live import LiveTrainer
+    from napari_unet.core.live_defaults import live_config
+    from napari_unet.core.model import cpu_has_bfloat16
+
+    image, gt = nuclei
+    labels = np.zeros((1,) + gt.shape, np.int32)
+    labels[0][gt > 0] = 1
+    labels[0][:5] = BG
+    trainer = LiveTrainer(image, labels, live_config(background_label=BG), ema_decay=0.9)
+    before = trainer.shown.model.get_weights()
+    trainer.step()
+    trained, shown = trainer.model.get_weights(), trainer.shown.model.get_weights()
+    rate = 1 - min(0.9, 2 / 11)  # the first update follows the trained weights closely
+    for b, t, s in zip(before, trained, shown):
+        np.testing.assert_allclose(s, b + (t - b) * rate, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(t, s) for t, s in zip(trained, shown))
+    expected = "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+    assert trainer.model.layers[1].dtype_policy.name == expected

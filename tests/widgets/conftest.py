@@ -22,6 +22,7 @@ def _fresh_session(monkeypatch, tmp_path):
 
     monkeypatch.setenv("NAPARI_UNET_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("NAPARI_UNET_PREDICTIONS_DIR", str(tmp_path / "predictions"))
+    monkeypatch.setenv("NAPARI_UNET_SETTINGS", str(tmp_path / "settings.json"))  # never the user's choices
     session_registry().clear()
     yield
     session_registry().clear()

@@ -257,6 +257,7 @@ def test_a_killed_worker_is_reported_the_layers_stay_and_the_next_start_works(
     shown: dict[str, np.ndarray] = {}
 
     def snapshot(_name: str) -> None:  # the layers as the last streamed result left them
+        widget.layers.finish_showing()  # (the labels of a first image come one event-loop turn after it)
         shown.clear()
         shown.update({layer.name: np.array(layer.data, copy=True) for layer in viewer.layers})
 
