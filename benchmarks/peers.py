@@ -121,7 +121,7 @@ def run_napari_unet(data: str, marks: Sequence[float], quick: bool) -> dict[str,
     from napari_unet.core.channels import choose_channels, to_channels
     from napari_unet.core.config import Config
     from napari_unet.core.data import TrainingPair
-    from napari_unet.core.predict import predict_image
+    from napari_unet.core.predict import predict_image, predict_probabilities
     from napari_unet.core.suggest import suggest_task
 
     train_raw, held = split(data)
@@ -160,7 +160,8 @@ def run_napari_unet(data: str, marks: Sequence[float], quick: bool) -> dict[str,
             continue
         else:
             result.model.set_weights(snap["weights"])
-            mark_cfg = train_module._tuned(result.model, snap["config"], data_for_tuning)
+            probs = [predict_probabilities(result.model, image, snap["config"]) for image in data_for_tuning.val_images]
+            mark_cfg = train_module._tuned(probs, snap["config"], data_for_tuning)
         preds = [predict_image(result.model, p.image, mark_cfg).labels for p in held_pairs]
         out["marks"].append(
             {"mark_s": snap["mark_s"], "wall_s": round(snap["wall_s"], 1), "epoch": snap.get("epoch", result.best_epoch),

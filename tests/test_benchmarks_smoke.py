@@ -79,6 +79,23 @@ def test_quick_run_of_precision(tmp_path):
         assert 0 < rows["max |p_mixed - p_float32|"] < 0.05  # the same network, at bfloat16 rounding
 
 
+def test_quick_run_of_peers(tmp_path):
+    """The peers benchmark trains each system briefly in its own process and scores it (a broken
+    call into train() once went unnoticed until the full run)."""
+    json_path = tmp_path / "peers.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.peers", "--quick", "--json", str(json_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(json_path.read_text())
+    assert not [n for n in report["notes"] if "failed" in n], report["notes"]
+    rows = {row["figure"]: row["value"] for row in report["rows"]}
+    if rows:  # needs ../shared/data
+        assert 0 < rows["nuclei napari_unet: held-out Dice after 30 s"] <= 1
+        assert 0 <= rows["nuclei napari_unet: held-out object F1@0.5 after 30 s"] <= 1
+
+
 def test_targets_are_checked():
     assert check_target(0.91, ">= 0.9") is True
     assert check_target(0.89, ">= 0.9") is False
