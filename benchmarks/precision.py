@@ -20,19 +20,22 @@ import numpy as np
 from benchmarks._common import Report, bench_main, median
 
 
-def _steps_per_s(policy: str, filters: int, patch: int, steps: int) -> float:
+def _network(mixed_precision: str, filters: int = 8, patch: int = 256) -> tuple:
+    """(model, cfg) built as training builds it (`model.training_scope`), with `train.mixed_precision`."""
     import keras
 
     from napari_unet.core.config import Config
-    from napari_unet.core.model import build_model
+    from napari_unet.core.model import build_model, training_scope
 
-    cfg = Config().replace(model={"base_filters": filters}, data={"task": "instances", "patch_size": patch})
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        keras.utils.set_random_seed(0)
-        model = build_model(cfg)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    cfg = Config().replace(model={"base_filters": filters}, data={"task": "instances", "patch_size": patch},
+                           train={"mixed_precision": mixed_precision})  # fmt: skip
+    keras.utils.set_random_seed(0)
+    with training_scope(cfg):
+        return build_model(cfg), cfg
+
+
+def _steps_per_s(mixed_precision: str, filters: int, patch: int, steps: int) -> float:
+    model, _ = _network(mixed_precision, filters, patch)
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     rng = np.random.default_rng(0)
     x = rng.random((4, patch, patch, 1), dtype=np.float32)
@@ -46,19 +49,10 @@ def _steps_per_s(policy: str, filters: int, patch: int, steps: int) -> float:
 
 
 def _predict_check(report: Report, mixed: str, size: int) -> None:
-    import keras
-
-    from napari_unet.core.config import Config
-    from napari_unet.core.model import build_model, float32_model
+    from napari_unet.core.model import float32_model
     from napari_unet.core.predict import predict_probabilities
 
-    cfg = Config().replace(data={"task": "instances"})
-    keras.mixed_precision.set_global_policy(mixed)
-    try:
-        keras.utils.set_random_seed(0)
-        model = build_model(cfg)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    model, cfg = _network("auto")
     saved = float32_model(model, cfg)
     image = np.random.default_rng(1).random((size, size, 1), dtype=np.float32)
     times = {}
@@ -82,9 +76,8 @@ def run(quick: bool) -> Report:
     patch, steps, rounds = (64, 3, 1) if quick else (256, 10, 2)
     for filters in (8,) if quick else (8, 16):
         rates: dict[str, list[float]] = {"float32": [], auto: []}
-        order = ["float32", auto, auto, "float32"] * rounds
-        for policy in order:
-            rates[policy].append(_steps_per_s(policy, filters, patch, steps))
+        for policy in ["float32", auto, auto, "float32"] * rounds:
+            rates[policy].append(_steps_per_s("off" if policy == "float32" else "auto", filters, patch, steps))
         f32, fast = median(rates["float32"]), median(rates[auto])
         report.add(f"{filters} filters, float32", f32, "steps/s", note=f"4 x {patch}^2 per step")
         report.add(f"{filters} filters, {auto}", fast, "steps/s")

@@ -62,6 +62,18 @@ def check_address(text: str) -> str:
     return value if match.group(1) else f"tcp://{value}"
 
 
+def cluster_target(text: str) -> tuple[int | None, str | None]:
+    """(local workers, None) for ``local`` / ``local:N``, (None, address) for a scheduler address."""
+    value = str(text).strip()
+    if value == "local" or (value.startswith("local:") and value[6:].isdigit()):
+        return parse_cluster(value), None
+    try:
+        return None, check_address(value)
+    except InputError:
+        raise InputError(f"Cluster {text!r}: use local:N (N worker processes) or a scheduler address "
+                         "such as tcp://10.0.0.5:8786.") from None  # fmt: skip
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

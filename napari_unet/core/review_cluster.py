@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
 from .review import ReviewItem, ReviewProject
 
 
@@ -27,20 +26,6 @@ class ItemScores:
     foreground: float | None = None
     objects: int | None = None
     shape: list[int] | None = None
-
-
-def cluster_target(text: str) -> tuple[int | None, str | None]:
-    """(local workers, None) for ``local`` / ``local:N``, (None, address) for a scheduler address."""
-    from .cluster import check_address, parse_cluster
-
-    value = str(text).strip()
-    if value == "local" or (value.startswith("local:") and value[6:].isdigit()):
-        return parse_cluster(value), None
-    try:
-        return None, check_address(value)
-    except InputError:
-        raise InputError(f"Cluster {text!r}: use local:N (N worker processes) or a scheduler address "
-                         "such as tcp://10.0.0.5:8786.") from None  # fmt: skip
 
 
 def review_item_task(model_path: str, folder: str, item: ReviewItem, method: str) -> ItemScores:

@@ -20,8 +20,8 @@ from .messages import Progress, ReviewItemDone, ReviewOutcome, ReviewPredictRequ
 
 def run_review_on_cluster(request: ReviewPredictRequest, emit: Any, stop: threading.Event) -> tuple[JobState, Any]:
     from napari_unet.core import review as rv
-    from napari_unet.core.cluster import dashboard, open_client, run_tasks, run_token
-    from napari_unet.core.review_cluster import cluster_target, review_item_task
+    from napari_unet.core.cluster import cluster_target, dashboard, open_client, run_tasks, run_token
+    from napari_unet.core.review_cluster import review_item_task
 
     local, address = cluster_target(request.cluster or "")  # a bad value fails before anything starts
     _started(request.job, emit)

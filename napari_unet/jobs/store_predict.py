@@ -61,8 +61,7 @@ def _on_cluster(request: PredictStoreRequest, emit: Any, bundle: Any, cfg: Any, 
     import argparse
 
     from napari_unet.core.batch import Run
-    from napari_unet.core.cluster import dashboard, open_client
-    from napari_unet.core.review_cluster import cluster_target
+    from napari_unet.core.cluster import cluster_target, dashboard, open_client
 
     local, address = cluster_target(request.cluster or "")
     overrides = {} if request.threshold is None else {"threshold": float(request.threshold)}

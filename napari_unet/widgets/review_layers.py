@@ -140,6 +140,16 @@ class ReviewLayers(QObject):
             self._loading = False
         self.viewer.layers.selection.active = layer
 
+    def release(self) -> None:
+        """Stop following the labels layer (the review closed): what a later review shows in the same
+        layer is not an edit of this one's image."""
+        self.shown, self._pending, self._rest = None, None, None
+        self._rest_timer.stop()
+        layer = self.layer(LABELS_LAYER)
+        if layer is not None:
+            layer.events.paint.disconnect(self._on_labels_edited)
+            layer.events.data.disconnect(self._on_labels_edited)
+
     # ------------------------------------------------------------------ edits
     def _on_labels_edited(self, _event: Any = None) -> None:
         if self._loading or self.shown is None or self._pending is not None:

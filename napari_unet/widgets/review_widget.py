@@ -563,6 +563,7 @@ class ReviewWidget(JobWidget):
         if self._shut_down:
             return
         self.flush_edits()
+        self.layers.release()
         super().shutdown()
         self._release_keys()
         self.inputs.close_panel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from napari_unet.core.errors import InputError
-from napari_unet.core.review_cluster import cluster_target
+from napari_unet.core.cluster import cluster_target
 
 
 def test_cluster_target_reads_local_workers_and_scheduler_addresses():

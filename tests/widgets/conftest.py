@@ -121,3 +121,18 @@ def tiny_model(nuclei_sample, tmp_path_factory) -> Path:
     finally:
         client.close()
     return Path(outcome.model.path)
+
+
+@pytest.fixture
+def image_folder_of(tmp_path, nuclei_pairs):
+    """`write(n)`: the first n real 256x256 nuclei images in a folder, as a microscope would leave them."""
+    import tifffile
+
+    def write(n: int) -> Path:
+        folder = tmp_path / "day1"
+        folder.mkdir()
+        for name, image, _ in nuclei_pairs[:n]:
+            tifffile.imwrite(folder / f"{name}.tif", image)
+        return folder
+
+    return write

@@ -18,12 +18,8 @@ WAIT_MS = 240_000
 
 
 @pytest.fixture
-def image_folder(tmp_path, nuclei_pairs):
-    folder = tmp_path / "day1"
-    folder.mkdir()
-    for name, image, _ in nuclei_pairs[:N_IMAGES]:
-        tifffile.imwrite(folder / f"{name}.tif", image)
-    return folder
+def image_folder(image_folder_of):
+    return image_folder_of(N_IMAGES)
 
 
 def _review(viewer, qtbot, images, review, model, cluster: str | None) -> ReviewWidget:

@@ -24,13 +24,8 @@ WAIT_MS = 180_000
 
 
 @pytest.fixture
-def image_folder(tmp_path, nuclei_pairs):
-    """12 real 256x256 nuclei images in a folder, as a microscope would leave them."""
-    folder = tmp_path / "day1"
-    folder.mkdir()
-    for name, image, _ in nuclei_pairs[:N_IMAGES]:
-        tifffile.imwrite(folder / f"{name}.tif", image)
-    return folder
+def image_folder(image_folder_of):
+    return image_folder_of(N_IMAGES)
 
 
 def _open(viewer, qtbot) -> ReviewWidget:
@@ -307,3 +302,22 @@ def test_stop_ends_the_predictions_and_start_resumes_them(
     assert _run(widget, qtbot, widget.start_review)
     assert not widget.project.to_predict()
     assert widget.model.source == "loaded" and widget.registry.current is widget.model
+
+
+def test_a_closed_review_ignores_what_a_later_review_shows_in_the_same_layer(make_napari_viewer, qtbot):
+    """After close, the labels layer another review fills is not an edit of the closed one's image
+    (it was saved as that image's corrected mask: a race seen in test_cluster_widgets)."""
+    from napari_unet.widgets.review_layers import ReviewLayers
+
+    viewer = make_napari_viewer()
+    first = ReviewLayers(viewer)
+    image = np.zeros((64, 64), np.uint8)
+    first.show("a", image, np.zeros((64, 64), np.int32), None)
+    first.finish_showing()
+    edits: list[str] = []
+    first.edited.connect(edits.append)
+    first.release()
+    ReviewLayers(viewer).show("b", image, np.ones((64, 64), np.int32), None)  # the next review, same layers
+    viewer.layers[LABELS_LAYER].data = np.full((64, 64), 2, np.uint16)  # and an edit made there
+    qtbot.wait(50)
+    assert edits == [] and first.take_edit() is None
